@@ -1,0 +1,112 @@
+r"""Entry point: `python -m mdd.main --config=configs/NAME.py[:arg] --workdir=DIR [--config.a.b=v]`.
+
+Validates the config (one line per problem, before anything compiles), optionally joins a
+multi-process job, then dispatches on `config.mode`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from mdd import config_validation
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and results.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", None, "Call jax.distributed.initialize() (default: config.distributed or "
+    "the environment variable MDD_DISTRIBUTED=1).")
+
+# config.mode -> "module:function(config, workdir)". Each is imported only when used, so a
+# mode's heavy dependencies never load for another.
+MODES = {
+    "pipeline": "mdd.pipeline:run",
+    "train_tokenizer": "mdd.train.tokenizer_task:run",
+    "pretokenize": "mdd.pretokenize:run",
+    "train": "mdd.train.denoiser_task:run",
+    "sample": "mdd.sample_cli:run",
+    "eval": "mdd.eval.run:run",
+}
+
+
+def resolve_mode(mode: str):
+  """The function that runs `mode`."""
+  if mode not in MODES:
+    raise ValueError(f"config.mode={mode!r} is not one of {sorted(MODES)}")
+  module_name, fn_name = MODES[mode].split(":")
+  if importlib.util.find_spec(module_name) is None:
+    raise ValueError(f"config.mode={mode!r} is not available in this build ({module_name} is "
+                     "missing)")
+  return getattr(importlib.import_module(module_name), fn_name)
+
+
+def _maybe_initialize_distributed(config):
+  wanted = _DISTRIBUTED.value
+  if wanted is None:
+    wanted = bool(config.get("distributed", False)) or os.environ.get("MDD_DISTRIBUTED") == "1"
+  if wanted:
+    import jax  # pylint: disable=import-outside-toplevel
+    # Coordinator address, process count and id come from the environment (SLURM, TPU pod,
+    # or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set by launch/).
+    jax.distributed.initialize()
+    logging.info("process %d of %d", jax.process_index(), jax.process_count())
+
+
+def _hide_accelerators_from_tensorflow():
+  """TF (TFDS input only) must not grab GPU/TPU memory that JAX needs."""
+  if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is not None:
+    try:
+      import tensorflow as tf  # pylint: disable=import-outside-toplevel
+      tf.config.experimental.set_visible_devices([], "GPU")
+      tf.config.experimental.set_visible_devices([], "TPU")
+    except (ImportError, RuntimeError, ValueError):
+      pass
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required, e.g. --config=configs/shapes_tiny.py")
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required")
+  problems = config_validation.validate(config)
+  if problems:
+    for problem in problems:
+      print(f"config error: {problem}", file=sys.stderr)
+    sys.exit(2)
+  run_fn = resolve_mode(config.mode)
+  _maybe_initialize_distributed(config)
+  if config.get("data", {}).get("source") == "tfds":
+    _hide_accelerators_from_tensorflow()
+  workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
+  os.makedirs(workdir, exist_ok=True)
+  return run_fn(config, workdir)
+
+
+def run():
+  """Console entry: user errors (bad config, missing files, shapes) print one line, exit 2.
+
+  Set MDD_TRACEBACK=1 to see the full traceback instead.
+  """
+  if os.environ.get("MDD_TRACEBACK") == "1":
+    app.run(main)
+    return
+  try:
+    app.run(main)
+  except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+    print(f"mdd: error: {type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  run()

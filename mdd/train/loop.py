@@ -1,0 +1,172 @@
+"""The one train loop, shared by the tokenizer and the denoiser.
+
+A training part describes itself as a `Task` (how to build its state, one jittable step, its
+data from a given step, its evaluation); this file owns everything else, in sections a reader
+can scan: shardings, state (fresh or restored), step, checkpoints, metrics, loop, final eval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import flax.linen as nn
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh
+
+from mdd import sharding as sharding_lib
+from mdd.train import metrics as metrics_lib
+
+
+@dataclasses.dataclass
+class Task:
+  """What the loop needs from a training part (tokenizer or denoiser)."""
+  name: str  # Workdir sub-folder: "tokenizer" or "denoiser".
+  init_state: Callable[[jax.Array], Any]
+  train_step: Callable[[Any, dict, jax.Array], tuple[Any, dict]]
+  make_batches: Callable[[int], Iterator[dict[str, np.ndarray]]]
+  num_steps: int
+  evaluate: Callable[[Any], dict[str, float]] | None = None
+  image_summaries: Callable[[Any, dict], dict[str, np.ndarray]] | None = None
+
+
+def write_json_atomic(path: str, payload: dict):
+  """Writes JSON via a temporary file and a rename, so readers never see half a file."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(payload, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def checkpoint_manager(directory: str, keep: int = 2, async_save: bool = True):
+  """Orbax manager; saves go to a temporary folder that is renamed when complete (atomic)."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                         enable_async_checkpointing=async_save)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def abstract_state(task: Task, mesh: Mesh, rules) -> tuple[Any, Any]:
+  """(abstract state with shardings, shardings) without allocating anything."""
+  abstract = jax.eval_shape(task.init_state, jax.random.key(0))
+  shardings = sharding_lib.logical_to_shardings(abstract, mesh, rules)
+  # `shardings` is a prefix of `abstract` (a logical box collapses to one sharding).
+  target = jax.tree.map(
+      lambda s, sub: jax.tree.map(
+          lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), sub),
+      shardings, abstract)
+  return target, shardings
+
+
+def restore_or_init(task: Task, manager, mesh: Mesh, rules, rng: jax.Array):
+  """Restores the latest checkpoint onto this mesh, or creates a fresh sharded state."""
+  target, shardings = abstract_state(task, mesh, rules)
+  latest = manager.latest_step()
+  if latest is not None:
+    logging.info("%s: resuming from checkpoint step %d", task.name, latest)
+    state = manager.restore(latest, args=ocp.args.StandardRestore(target))
+    return state, shardings, int(latest)
+  with mesh, nn.logical_axis_rules(list(rules)):
+    state = jax.jit(task.init_state, out_shardings=shardings)(rng)
+  return state, shardings, 0
+
+
+def _check_finite(metrics: dict[str, float], step: int, name: str):
+  bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+  if bad:
+    raise FloatingPointError(f"{name}: non-finite metrics {bad} at step {step}; the last good "
+                             "checkpoint is kept, lower the learning rate or check the data")
+
+
+def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
+  """Trains `task` to `task.num_steps`, resuming from DIR/<name>/checkpoints if present.
+
+  loop_cfg fields: log_every, ckpt_every, summary_every (0 = off), keep_checkpoints,
+  eval_every (0 = only at the end). Returns the final state.
+  """
+  out_dir = os.path.join(workdir, task.name)
+  is_main = jax.process_index() == 0
+  writer = metrics_lib.Writer(out_dir, is_main=is_main,
+                              tensorboard=bool(loop_cfg.get("tensorboard", True)))
+  manager = checkpoint_manager(os.path.join(out_dir, "checkpoints"),
+                               keep=int(loop_cfg.get("keep_checkpoints", 2)),
+                               async_save=bool(loop_cfg.get("async_checkpoints", True)))
+  rng = jax.random.key(seed)
+  init_rng, step_rng = jax.random.split(rng)
+
+  # State: restored or fresh, laid out by the logical rules.
+  state, state_shardings, start_step = restore_or_init(task, manager, mesh, rules, init_rng)
+
+  # Step: jitted once with the state's shardings; the old state's buffers are donated.
+  def step_fn(state, batch, step):
+    return task.train_step(state, batch, jax.random.fold_in(step_rng, step))
+
+  jit_step = jax.jit(step_fn, in_shardings=(state_shardings, None, None),
+                     out_shardings=(state_shardings, None), donate_argnums=(0,))
+
+  log_every = max(1, int(loop_cfg.get("log_every", 50)))
+  ckpt_every = max(1, int(loop_cfg.get("ckpt_every", 500)))
+  summary_every = int(loop_cfg.get("summary_every", 0))
+  eval_every = int(loop_cfg.get("eval_every", 0))
+  total = task.num_steps
+
+  if start_step >= total:
+    logging.info("%s: already trained to step %d", task.name, start_step)
+  else:
+    logging.info("%s: training steps %d -> %d on mesh %s", task.name, start_step, total,
+                 dict(mesh.shape))
+  batches = task.make_batches(start_step)
+  pending: list[dict] = []
+  t_last, steps_since = time.time(), 0
+  with mesh, nn.logical_axis_rules(list(rules)):
+    for step in range(start_step, total):
+      host_batch = next(batches)
+      batch = sharding_lib.shard_batch(host_batch, mesh)
+      state, step_metrics = jit_step(state, batch, np.int32(step))
+      pending.append(step_metrics)
+      steps_since += 1
+      done = step + 1
+      if done % log_every == 0 or done == total:
+        fetched = jax.device_get(pending)
+        scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        _check_finite(scalars, done, task.name)
+        elapsed = time.time() - t_last
+        scalars["steps_per_sec"] = steps_since / max(elapsed, 1e-9)
+        writer.write_scalars(done, scalars)
+        eta = (total - done) / max(scalars["steps_per_sec"], 1e-9)
+        print(f"[{task.name}] step {done}/{total} " +
+              " ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())) +
+              f" eta={eta:.0f}s", flush=True)
+        pending, t_last, steps_since = [], time.time(), 0
+      if summary_every and task.image_summaries and done % summary_every == 0:
+        writer.write_images(done, task.image_summaries(state, batch))
+      if eval_every and task.evaluate and done % eval_every == 0 and done != total:
+        writer.write_scalars(done, {f"eval/{k}": v for k, v in task.evaluate(state).items()
+                                    if np.isscalar(v)})
+      if done % ckpt_every == 0 or done == total:
+        manager.save(done, args=ocp.args.StandardSave(state))
+  manager.wait_until_finished()
+
+  # Final evaluation, written atomically next to the checkpoints.
+  eval_path = os.path.join(out_dir, "eval.json")
+  if task.evaluate is not None and (start_step < total or not os.path.exists(eval_path)):
+    with mesh, nn.logical_axis_rules(list(rules)):
+      results = task.evaluate(state)
+    results = {k: (float(v) if np.isscalar(v) or np.ndim(v) == 0 else v)
+               for k, v in results.items()}
+    results["step"] = int(max(start_step, total))
+    if is_main:
+      write_json_atomic(eval_path, results)
+    writer.write_scalars(total, {f"eval/{k}": v for k, v in results.items()
+                                 if isinstance(v, float)})
+  writer.flush()
+  writer.close()
+  manager.close()
+  return state

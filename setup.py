@@ -1,0 +1,40 @@
+"""mdd: masked discrete diffusion text-to-image synthesis in JAX (see README.md)."""
+
+import setuptools
+
+# Core run-time dependencies. Everything that trains, samples or benchmarks must also run where
+# TensorFlow is absent (the lent GPU image has none), so TensorFlow lives in the `tf` extra.
+INSTALL_REQUIRES = [
+    "jax>=0.10.2",
+    "flax>=0.12",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12",
+    "ml-collections>=1.0",
+    "tensorflow-datasets>=4.9",
+    "clu>=0.0.12",
+    "grain>=0.2",
+    "array-record>=0.8",
+    "numpy>=2.0",
+    "pillow>=10",
+    "scipy>=1.12",
+    "absl-py>=2.0",
+    "safetensors>=0.4",
+    "tqdm>=4.60",
+]
+
+EXTRAS = {
+    # Builds TFDS datasets and writes TensorBoard summaries on the CPU set-up.
+    "tf": ["tensorflow-cpu>=2.16", "tensorboard>=2.16"],
+    "test": ["pytest>=8", "scikit-image>=0.22"],
+}
+EXTRAS["cpu"] = EXTRAS["tf"] + EXTRAS["test"]
+
+setuptools.setup(
+    name="mdd",
+    version="0.1.0",
+    description="Masked discrete diffusion text-to-image synthesis (JAX/Flax/Pallas).",
+    packages=setuptools.find_packages(include=["mdd", "mdd.*", "pallas_kernels", "pallas_kernels.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)

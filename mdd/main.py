@@ -53,11 +53,26 @@ def _maybe_initialize_distributed(config):
   if wanted is None:
     wanted = bool(config.get("distributed", False)) or os.environ.get("MDD_DISTRIBUTED") == "1"
   if wanted:
-    import jax  # pylint: disable=import-outside-toplevel
-    # Coordinator address, process count and id come from the environment (SLURM, TPU pod,
-    # or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set by launch/).
-    jax.distributed.initialize()
-    logging.info("process %d of %d", jax.process_index(), jax.process_count())
+    initialize_distributed()
+
+
+def initialize_distributed():
+  """Joins the multi-process job.
+
+  On TPU pods and under SLURM JAX finds the coordinator itself. `launch/local.sh` sets
+  JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID explicitly, and
+  MDD_CPU_COLLECTIVES=gloo for cross-process collectives between CPU processes.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  if os.environ.get("MDD_CPU_COLLECTIVES"):
+    jax.config.update("jax_cpu_collectives_implementation", os.environ["MDD_CPU_COLLECTIVES"])
+  kwargs = {}
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                  num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                  process_id=int(os.environ["JAX_PROCESS_ID"]))
+  jax.distributed.initialize(**kwargs)
+  logging.info("process %d of %d", jax.process_index(), jax.process_count())
 
 
 def _hide_accelerators_from_tensorflow():

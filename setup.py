@@ -24,7 +24,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # Builds TFDS datasets and writes TensorBoard summaries on the CPU set-up.
-    "tf": ["tensorflow-cpu>=2.16", "tensorboard>=2.16"],
+    "tf": ["tensorflow-cpu>=2.16", "tensorboard>=2.16", "importlib_resources"],
     "test": ["pytest>=8", "scikit-image>=0.22"],
 }
 EXTRAS["cpu"] = EXTRAS["tf"] + EXTRAS["test"]

@@ -1,0 +1,108 @@
+"""GenEval's image layout: write it from a `generate_fn`, read it back.
+
+For the i-th line of an `evaluation_metadata.jsonl`:
+
+  OUT/<i:05d>/metadata.jsonl        that line, as one JSON object
+  OUT/<i:05d>/samples/<j:04d>.png   images_per_prompt samples (GenEval uses 4)
+
+This is what GenEval's own `evaluation/evaluate_images.py OUT` reads (on a machine with its
+detector), and what `mdd.eval.shapes_geneval.score_layout` scores offline. Sample j of prompt i
+is generated with seed `seed + i * images_per_prompt + j`, so a layout does not depend on the
+batch size, and an interrupted run resumes at the first incomplete prompt folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+GenerateFn = Callable[[Sequence[str], Sequence[int]], np.ndarray]
+_FOLDER = re.compile(r"^\d{5}$")
+_SAMPLE = re.compile(r"^\d+\.png$")
+
+
+def prompt_dir(outdir: str, index: int) -> str:
+  return os.path.join(outdir, f"{index:05d}")
+
+
+def sample_path(outdir: str, index: int, sample: int) -> str:
+  return os.path.join(prompt_dir(outdir, index), "samples", f"{sample:04d}.png")
+
+
+def _is_complete(outdir: str, index: int, images_per_prompt: int) -> bool:
+  return (os.path.isfile(os.path.join(prompt_dir(outdir, index), "metadata.jsonl"))
+          and all(os.path.isfile(sample_path(outdir, index, j))
+                  for j in range(images_per_prompt)))
+
+
+def write_prompt(outdir: str, index: int, metadata: dict, images: Sequence[np.ndarray]) -> None:
+  """Writes one prompt folder: metadata.jsonl and samples/<04d>.png."""
+  os.makedirs(os.path.join(prompt_dir(outdir, index), "samples"), exist_ok=True)
+  with open(os.path.join(prompt_dir(outdir, index), "metadata.jsonl"), "w") as f:
+    json.dump(metadata, f)
+  for j, image in enumerate(images):
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+      raise ValueError(f"samples must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+    Image.fromarray(image).save(sample_path(outdir, index, j))
+
+
+def generate_layout(generate_fn: GenerateFn, metadata: Sequence[dict], outdir: str,
+                    images_per_prompt: int = 4, batch_size: int = 64, seed: int = 0,
+                    desc: str = "GenEval layout") -> str:
+  """Generates every prompt's samples into `outdir`; skips prompt folders already complete.
+
+  `generate_fn(prompts, seeds) -> uint8 [B, H, W, 3]` gets up to `batch_size` (prompt, seed)
+  pairs per call, in order. Returns `outdir`.
+  """
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  if images_per_prompt < 1 or batch_size < 1:
+    raise ValueError(f"images_per_prompt and batch_size must be >= 1, got "
+                     f"{images_per_prompt}, {batch_size}")
+  for i, entry in enumerate(metadata):
+    if "prompt" not in entry:
+      raise ValueError(f"metadata line {i} has no 'prompt': {entry!r}")
+  todo = [i for i in range(len(metadata)) if not _is_complete(outdir, i, images_per_prompt)]
+  jobs = [(i, j) for i in todo for j in range(images_per_prompt)]
+  pending: dict[int, list] = {}
+  with tqdm(total=len(jobs), desc=desc, unit="img", leave=False) as progress:
+    for start in range(0, len(jobs), batch_size):
+      chunk = jobs[start:start + batch_size]
+      prompts = [metadata[i]["prompt"] for i, _ in chunk]
+      seeds = [seed + i * images_per_prompt + j for i, j in chunk]
+      images = np.asarray(generate_fn(prompts, seeds))
+      if images.shape[0] != len(chunk):
+        raise ValueError(f"generate_fn returned {images.shape[0]} images for {len(chunk)} "
+                         "prompts")
+      for (i, j), image in zip(chunk, images):
+        pending.setdefault(i, [None] * images_per_prompt)[j] = image
+        if all(im is not None for im in pending[i]):
+          write_prompt(outdir, i, metadata[i], pending.pop(i))
+      progress.update(len(chunk))
+  return outdir
+
+
+def read_layout(outdir: str) -> list[dict]:
+  """Reads a GenEval layout: [{"index", "metadata", "images": [sorted sample paths]}]."""
+  if not os.path.isdir(outdir):
+    raise ValueError(f"GenEval layout directory not found: {outdir!r}")
+  entries = []
+  for name in sorted(os.listdir(outdir)):
+    folder = os.path.join(outdir, name)
+    if not _FOLDER.match(name) or not os.path.isdir(folder):
+      continue
+    meta_path = os.path.join(folder, "metadata.jsonl")
+    if not os.path.isfile(meta_path):
+      raise ValueError(f"{folder!r} has no metadata.jsonl")
+    with open(meta_path) as f:
+      metadata = json.load(f)  # one JSON object, as GenEval's evaluator reads it
+    samples = os.path.join(folder, "samples")
+    images = sorted(os.path.join(samples, n) for n in
+                    (os.listdir(samples) if os.path.isdir(samples) else []) if _SAMPLE.match(n))
+    entries.append({"index": int(name), "metadata": metadata, "images": images})
+  return entries

@@ -1,0 +1,356 @@
+"""ShapeGenEval: prompt set, GenEval's rules, detector calibration, layout scoring, runner, CLI."""
+
+import collections
+import io
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from mdd.data import palette
+from mdd.data import shapes
+from mdd.eval import geneval_layout
+from mdd.eval import shapes_geneval as sg
+
+RESOLUTIONS = (32, 64)
+
+
+def _unique(prompts):
+  seen = {}
+  for entry in prompts:
+    seen.setdefault(json.dumps(entry, sort_keys=True), entry)
+  return list(seen.values())
+
+
+def _render(metadata, seed, resolution):
+  return shapes.render(shapes.scene_from_metadata(metadata, np.random.default_rng(seed)),
+                       resolution)
+
+
+def _accuracy(images_and_metadata):
+  results = [sg.score_image(img, meta)["correct"] for img, meta in images_and_metadata]
+  return float(np.mean(results))
+
+
+def _jpeg(image, quality=75):
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, "JPEG", quality=quality)
+  return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def _blur(image, sigma):
+  return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(sigma)))
+
+
+# --- Prompt set ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", sg.PROMPT_SETS)
+def test_stored_prompt_files_regenerate_identically(tmp_path, which):
+  path = tmp_path / "prompts.jsonl"
+  sg.write_prompts(str(path), sg.build_prompts(which))
+  with open(sg.prompt_file(which), "rb") as f:
+    assert path.read_bytes() == f.read()
+  assert sg.load_prompts(which) == sg.build_prompts(which)
+
+
+def test_prompt_sets_follow_geneval_schema_and_split():
+  main, heldout = sg.load_prompts("main"), sg.load_prompts("heldout")
+  assert collections.Counter(e["tag"] for e in main) == {t: 84 for t in palette.TAGS}
+  assert collections.Counter(e["tag"] for e in heldout) == {
+      "colors": 40, "position": 40, "color_attr": 40}
+  for entry in main + heldout:
+    assert list(entry)[0] == "tag" and entry["prompt"].startswith("a photo of ")
+    assert set(entry) <= {"tag", "include", "exclude", "prompt"}
+    for req in entry["include"]:
+      assert req["class"] in palette.SHAPES and req.get("color", "red") in palette.COLORS
+    if entry["tag"] == "counting":
+      (inc,), (exc,) = entry["include"], entry["exclude"]
+      assert exc == {"class": inc["class"], "count": inc["count"] + 1}
+    if entry["tag"] == "position":
+      assert entry["include"][1]["position"][1] == 0
+      assert entry["include"][0]["class"] != entry["include"][1]["class"]
+
+  def uses_heldout(entry):  # judged with ShapeGen's own definition of the held-out split
+    inc = entry["include"]
+    pairs = any(shapes.is_heldout_pair(r["color"], r["class"]) for r in inc if "color" in r)
+    rels = any(shapes.is_heldout_relation(r["class"], r["position"][0],
+                                          inc[r["position"][1]]["class"])
+               for r in inc if "position" in r)
+    return pairs or rels
+
+  assert not any(uses_heldout(e) for e in main)
+  assert all(uses_heldout(e) for e in heldout)
+  # Every distinct main prompt of a small tag is used; repeats differ by at most one.
+  counts = collections.Counter(e["prompt"] for e in main if e["tag"] == "colors")
+  assert len(counts) == 25 and max(counts.values()) - min(counts.values()) <= 1
+  with pytest.raises(ValueError, match="prompt set"):
+    sg.load_prompts("test")
+
+
+# --- GenEval's rules on hand-made detections -------------------------------------------------
+
+
+def _det(shape, color, cx, cy, side=10.0, confidence=0.9):
+  return sg.Detection(shape, color, confidence, cx, cy, side, side, side * side)
+
+
+def test_relative_position_geneval_rule():
+  target = _det("square", "red", 50, 50)
+  # Margin: 0.1 * (10 + 10) = 2 px per axis is removed from the offset, and the result is
+  # divided by the raw offset's length: 3 px left gives 1/3 (no relation), 5 px gives 0.6.
+  assert sg.relative_position(_det("circle", "red", 47, 50), target) == set()
+  assert sg.relative_position(_det("circle", "red", 45, 50), target) == {"left of"}
+  assert sg.relative_position(_det("circle", "red", 51.9, 50), target) == set()
+  assert sg.relative_position(_det("circle", "red", 50, 30), target) == {"above"}
+  assert sg.relative_position(_det("circle", "red", 50, 70), target) == {"below"}
+  # Diagonal: both components of the shrunk, normalised offset exceed 0.5.
+  assert sg.relative_position(_det("circle", "red", 70, 70), target) == {"right of", "below"}
+  # Shrunk dx = 18 vs |offset| = sqrt(20^2 + 12^2) = 23.3 -> 0.77; dy = 10 / 23.3 = 0.43.
+  assert sg.relative_position(_det("circle", "red", 70, 62), target) == {"right of"}
+  # A wider margin removes a weak relation.
+  assert sg.relative_position(_det("circle", "red", 58, 50), target, margin=0.5) == set()
+
+
+def test_evaluate_detections_rules():
+  meta = {"tag": "counting", "include": [{"class": "circle", "count": 2}],
+          "exclude": [{"class": "circle", "count": 3}]}
+  two = [_det("circle", "red", 10, 10), _det("circle", "blue", 40, 10)]
+  assert sg.evaluate_detections(two, meta)[0]
+  ok, reason = sg.evaluate_detections(two + [_det("circle", "red", 70, 10)], meta)
+  assert not ok and "circle<3" in reason
+  assert not sg.evaluate_detections(two[:1], meta)[0]
+  # Counting uses the stricter confidence threshold; other tags the normal one.
+  weak = two + [_det("circle", "red", 70, 10, confidence=0.55)]
+  assert sg.evaluate_detections(weak, meta)[0]
+  meta_two = {"tag": "two_object", "include": [{"class": "circle", "count": 1},
+                                               {"class": "square", "count": 1}]}
+  assert not sg.evaluate_detections([two[0], _det("square", "red", 50, 50, confidence=0.4)],
+                                    meta_two)[0]
+  assert sg.evaluate_detections([two[0], _det("square", "red", 50, 50, confidence=0.55)],
+                                meta_two)[0]
+  # Colour is checked on the top-`count` most confident objects of the class only.
+  meta_color = {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "blue"}]}
+  ranked = [_det("circle", "red", 10, 10, confidence=0.95), _det("circle", "blue", 40, 10)]
+  ok, reason = sg.evaluate_detections(ranked, meta_color)
+  assert not ok and "expected blue circle>=1, found 0 blue; and 1 red" in reason
+  assert sg.evaluate_detections(ranked[::-1][:1], meta_color)[0]
+  # Position: every counted subject against every object of the target group.
+  meta_pos = {"tag": "position", "include": [
+      {"class": "square", "count": 1}, {"class": "triangle", "count": 1,
+                                        "position": ["above", 0]}]}
+  assert sg.evaluate_detections([_det("square", "red", 50, 60), _det("triangle", "red", 50, 20)],
+                                meta_pos)[0]
+  ok, reason = sg.evaluate_detections([_det("square", "red", 50, 20),
+                                       _det("triangle", "red", 50, 60)], meta_pos)
+  assert not ok and "expected triangle above target, found below target" in reason
+  ok, reason = sg.evaluate_detections([_det("triangle", "red", 50, 20)], meta_pos)
+  assert not ok and "no target for triangle" in reason
+
+
+# --- Detector calibration -----------------------------------------------------------------------
+
+
+def test_detections_match_rendered_scene():
+  scene = shapes.Scene("x", (shapes.Obj("circle", "white", 0.25, 0.3, 0.3),
+                             shapes.Obj("square", "brown", 0.7, 0.7, 0.25),
+                             shapes.Obj("triangle", "pink", 0.25, 0.75, 0.35)), "", {})
+  for res in RESOLUTIONS:
+    found = sg.detect_objects(shapes.render(scene, res))
+    assert len(found) == 3
+    for obj in scene.objects:
+      det = min(found, key=lambda d: (d.cx - obj.cx * res) ** 2 + (d.cy - obj.cy * res) ** 2)
+      assert (det.shape, det.color) == (obj.shape, obj.color)
+      # Box from the fitted template: sub-pixel centre and side.
+      assert abs(det.cx - obj.cx * res) < 0.25 and abs(det.cy - obj.cy * res) < 0.25
+      assert abs(det.w - obj.size * res) < 0.3 and det.confidence > 0.95
+  background = np.full((32, 32, 3), palette.BACKGROUND, np.uint8)
+  assert sg.detect_objects(background) == []
+  with pytest.raises(ValueError, match="uint8 RGB"):
+    sg.detect_objects(background[..., 0])
+  with pytest.raises(ValueError, match="uint8 RGB"):
+    sg.detect_objects(background / 255.0)
+  with pytest.raises(ValueError, match="include"):
+    sg.score_image(background, {"tag": "colors"})
+
+
+def _all_unique_prompts():
+  return _unique(sg.load_prompts("main")) + _unique(sg.load_prompts("heldout"))
+
+
+@pytest.mark.parametrize("resolution", RESOLUTIONS)
+def test_groundtruth_renders_score_100_percent(resolution):
+  prompts = _all_unique_prompts()
+  cases = [(_render(m, seed, resolution), m) for seed in range(2) for m in prompts]
+  assert _accuracy(cases) == 1.0
+
+
+def _swap_attributes(metadata):
+  """Metadata whose render must fail the original prompt: one attribute changed."""
+  meta = json.loads(json.dumps(metadata))
+  inc = meta["include"]
+  tag = meta["tag"]
+  if tag == "single_object":
+    inc[0]["class"] = palette.SHAPES[(palette.SHAPES.index(inc[0]["class"]) + 1) % 3]
+  elif tag == "two_object":
+    inc[1]["class"] = next(s for s in palette.SHAPES if s not in (inc[0]["class"],
+                                                                   inc[1]["class"]))
+  elif tag == "counting":
+    n = inc[0]["count"]
+    inc[0]["count"] = n + 1 if n == palette.MIN_COUNT else n - 1
+    meta.pop("exclude")
+  elif tag == "colors":
+    names = palette.COLOR_NAMES
+    inc[0]["color"] = names[(names.index(inc[0]["color"]) + 1) % len(names)]
+  elif tag == "position":
+    rel, target = inc[1]["position"]
+    inverse = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+    inc[1]["position"] = [inverse[rel], target]
+  elif tag == "color_attr":
+    inc[0]["color"], inc[1]["color"] = inc[1]["color"], inc[0]["color"]
+  return meta
+
+
+@pytest.mark.parametrize("resolution", RESOLUTIONS)
+def test_attribute_swapped_renders_score_near_zero(resolution):
+  prompts = _all_unique_prompts()
+  cases = [(_render(_swap_attributes(m), seed, resolution), m)
+           for seed in range(2) for m in prompts]
+  by_tag = collections.defaultdict(list)
+  for image, meta in cases:
+    by_tag[meta["tag"]].append(sg.score_image(image, meta)["correct"])
+  assert set(by_tag) == set(palette.TAGS)
+  for tag, results in by_tag.items():
+    assert np.mean(results) <= 0.02, tag
+
+
+def _fresh_scenes(num, split="train", seed=0):
+  return [shapes.sample_scene(np.random.default_rng((seed, i)), split=split) for i in range(num)]
+
+
+@pytest.mark.parametrize("resolution", RESOLUTIONS)
+def test_agreement_with_200_fresh_shapegen_renders(resolution):
+  scenes = _fresh_scenes(160) + _fresh_scenes(40, split="heldout")
+  assert _accuracy([(shapes.render(s, resolution), s.metadata) for s in scenes]) >= 0.99
+
+
+@pytest.mark.parametrize("resolution", RESOLUTIONS)
+def test_agreement_with_1000_fresh_shapegen_renders(resolution):
+  scenes = _fresh_scenes(1000, seed=1)
+  assert _accuracy([(shapes.render(s, resolution), s.metadata) for s in scenes]) >= 0.99
+
+
+@pytest.mark.parametrize("resolution,corruption,threshold", [
+    (32, "blur0.5", 0.99), (32, "blur1.0", 0.99), (32, "jpeg75", 0.98), (32, "specks", 0.99),
+    (64, "blur0.5", 0.99), (64, "blur1.0", 0.99), (64, "jpeg75", 0.99), (64, "specks", 0.99)])
+def test_robust_to_blur_jpeg_and_specks(resolution, corruption, threshold):
+  rng = np.random.default_rng(5)
+
+  def corrupt(image):
+    if corruption.startswith("blur"):
+      return _blur(image, float(corruption[4:]))
+    if corruption == "jpeg75":
+      return _jpeg(image, 75)
+    image = image.copy()  # specks: 1x1 and 2x2 blocks of random palette colours
+    for k in range(6):
+      y, x = rng.integers(0, resolution - 1, 2)
+      side = 1 + k % 2
+      image[y:y + side, x:x + side] = palette.COLORS[palette.COLOR_NAMES[rng.integers(10)]]
+    return image
+
+  scenes = _fresh_scenes(150, seed=2)
+  clean = [shapes.render(s, resolution) for s in scenes]
+  corrupted = [corrupt(im) for im in clean]
+  assert any(np.abs(a.astype(int) - b).max() > 20 for a, b in zip(clean, corrupted))
+  assert _accuracy(list(zip(corrupted, [s.metadata for s in scenes]))) >= threshold
+
+
+# --- Layout scoring, runner, CLI ----------------------------------------------------------------
+
+
+def _small_prompt_set(which="main", per_tag=2):
+  out, seen = [], collections.Counter()
+  for entry in sg.build_prompts(which):
+    if seen[entry["tag"]] < per_tag:
+      out.append(entry)
+      seen[entry["tag"]] += 1
+  return out
+
+
+def test_score_layout_reads_geneval_layout(tmp_path):
+  prompts = _small_prompt_set()
+  good = sg.groundtruth_generate_fn(prompts, 32)
+  by_prompt = {m["prompt"]: m for m in prompts}
+
+  def half_wrong(texts, seeds):  # even seeds render a swapped scene: exactly half correct
+    return np.stack([_render(_swap_attributes(by_prompt[t]), s, 32) if s % 2 == 0
+                     else good([t], [s])[0] for t, s in zip(texts, seeds)])
+
+  geneval_layout.generate_layout(half_wrong, prompts, str(tmp_path), images_per_prompt=4,
+                                 batch_size=5)
+  summary = sg.score_layout(str(tmp_path))
+  assert summary["num_images"] == 4 * len(prompts) and summary["num_prompts"] == len(prompts)
+  assert summary["tags"] == {t: 0.5 for t in palette.TAGS}
+  assert summary["overall"] == 0.5 and summary["correct_prompts"] == 1.0
+  assert "| ShapeGenEval | Overall | Single object |" in summary["markdown"]
+  with open(tmp_path / "results.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  assert len(records) == summary["num_images"]
+  assert records[0]["filename"] == os.path.join("00000", "samples", "0000.png")
+  assert sum(r["correct"] for r in records) == len(records) // 2
+  assert json.loads(records[0]["metadata"]) == prompts[0]
+  os.makedirs(tmp_path / "empty")
+  with pytest.raises(ValueError, match="no images"):
+    sg.score_layout(str(tmp_path / "empty"), results_file=None)
+
+
+def test_run_writes_json_with_heldout(tmp_path, monkeypatch):
+  small = {w: _small_prompt_set(w, per_tag=1) for w in sg.PROMPT_SETS}
+  monkeypatch.setattr(sg, "load_prompts", lambda which="main": small[which])
+  calls = []
+  truth = sg.groundtruth_generate_fn(small["main"] + small["heldout"], 32)
+
+  def generate_fn(prompts, seeds):
+    calls.append(len(prompts))
+    return truth(prompts, seeds)
+
+  result = sg.run(generate_fn, str(tmp_path), images_per_prompt=2, which="all", batch_size=4)
+  with open(tmp_path / "eval" / "shapes_geneval.json") as f:
+    stored = json.load(f)
+  assert stored == json.loads(json.dumps(result))
+  assert stored["overall"] == 1.0 and set(stored["tags"]) == set(palette.TAGS)
+  assert stored["num_images"] == 2 * 6 and max(calls) <= 4
+  assert stored["heldout"]["num_images"] == 2 * 3
+  assert set(stored["heldout"]["tags"]) == {"colors", "position", "color_attr"}
+  assert "ShapeGenEval heldout" in stored["markdown"]
+  assert os.path.isfile(tmp_path / "eval" / "shapes_geneval" / "main" / "00005" / "samples"
+                        / "0001.png")
+  # Re-running resumes: complete prompt folders are not generated again.
+  calls.clear()
+  sg.run(generate_fn, str(tmp_path), images_per_prompt=2, which="main", batch_size=4)
+  assert not calls
+
+
+def test_cli_scores_layout_and_reports_missing_model_hook(tmp_path, monkeypatch, capsys):
+  prompts = _small_prompt_set(per_tag=1)
+  layout = str(tmp_path / "layout")
+  geneval_layout.generate_layout(sg.groundtruth_generate_fn(prompts, 64), prompts, layout)
+  sg.main(["--workdir", str(tmp_path / "wd"), "--layout", layout])
+  with open(tmp_path / "wd" / "eval" / "shapes_geneval.json") as f:
+    stored = json.load(f)
+  assert stored["overall"] == 1.0 and stored["num_images"] == 24
+  assert "**1.000**" in capsys.readouterr().out
+  monkeypatch.setitem(sys.modules, "mdd.eval.generators", None)  # hook not importable
+  with pytest.raises(SystemExit, match="mdd.eval.generators.model_generate_fn"):
+    sg.main(["--workdir", str(tmp_path / "wd"), "--generator", "model"])
+
+
+def test_settings_from_config():
+  from mdd.configs import eval as eval_config  # pylint: disable=g-import-not-at-top
+  cfg = eval_config.default_config()
+  assert sg.settings_from_config(cfg.shapes_geneval) == sg.ScorerSettings()
+  cfg.shapes_geneval.min_confidence = 0.8
+  assert sg.settings_from_config(cfg.shapes_geneval).min_confidence == 0.8

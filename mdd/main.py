@@ -103,8 +103,17 @@ def main(argv):
   _maybe_initialize_distributed(config)
   if config.get("data", {}).get("source") == "tfds":
     _hide_accelerators_from_tensorflow()
+  import jax  # pylint: disable=import-outside-toplevel
+  problems = config_validation.check_mesh_fits(config, jax.device_count())
+  if problems:
+    raise ValueError(problems[0])
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   os.makedirs(workdir, exist_ok=True)
+  if config.mode in ("pipeline", "train_tokenizer", "pretokenize", "train"):
+    # The modes that define the model record its config, so sample/eval CLIs given only the
+    # workdir rebuild the same model.
+    from mdd import generation  # pylint: disable=import-outside-toplevel
+    generation.save_run_config(config, workdir)
   return run_fn(config, workdir)
 
 

@@ -174,12 +174,19 @@ class FIDInceptionV3(nn.Module):
 
 
 def _torch_linear_weights(in_size: int, out_size: int) -> np.ndarray:
-  """[out, in] matrix of torch's 1-D linear interpolation, `align_corners=False`."""
-  scale = in_size / out_size
-  src = np.maximum((np.arange(out_size) + 0.5) * scale - 0.5, 0.0)  # torch clamps at 0
+  """[out, in] matrix of torch's 1-D linear interpolation, `align_corners=False`.
+
+  Source positions are computed in float32 like torch's kernels do for float images (CPU and
+  CUDA): in float64 they drift by up to ~in_size * 2^-24 pixels, which measured 5e-5 on
+  400 -> 299 px inputs against pytorch-fid, 3e-7 with float32.
+  """
+  f32 = np.float32
+  scale = f32(in_size) / f32(out_size)
+  src = (np.arange(out_size, dtype=f32) + f32(0.5)) * scale - f32(0.5)
+  src = np.maximum(src, f32(0.0))  # torch clamps at 0
   lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
   hi = np.minimum(lo + 1, in_size - 1)
-  frac = src - lo
+  frac = np.clip(src - lo.astype(f32), 0.0, 1.0).astype(np.float64)
   weights = np.zeros((out_size, in_size), np.float64)
   np.add.at(weights, (np.arange(out_size), lo), 1.0 - frac)
   np.add.at(weights, (np.arange(out_size), hi), frac)

@@ -1,0 +1,138 @@
+r"""Text-to-image on your own image-text data (folder or TFDS) at 256, 512 or 1024 px.
+
+The tokenizer (VQ, f=16, 2^14 codes; `vocab=18` for 2^18), the denoiser variant, the text
+encoder and the masking schedule follow the resolution. Typical runs on a GPU/TPU host:
+
+  python -m mdd.main --config=configs/t2i.py:res=256,variant=B \
+      --config.data.folder=/data/my_pairs --workdir=/ckpt/t2i_256_B
+  python -m mdd.main --config=configs/t2i.py:res=512,variant=XL,source=tfds \
+      --config.data.tfds_name=my_dataset --workdir=/ckpt/t2i_512_XL
+  python -m mdd.main --config=configs/t2i.py:res=256,variant=B,text=t5 \
+      --config.text.path=/models/t5-v1_1-xl --workdir=...
+
+Args (comma list): res=256|512|1024, variant=mu|S|B|L|XL|1B|3B, source=folder|tfds,
+text=minilm|t5|byte, vocab=14|18, runlocal (ShapeGen at 64 px and tiny models, a few steps of
+every stage on a CPU: `python -m mdd.main --config=configs/t2i.py:runlocal --workdir=/tmp/t2i`).
+"""
+
+import ml_collections
+
+from mdd.configs import data as data_config
+from mdd.configs import denoiser as denoiser_config
+from mdd.configs import eval as eval_config
+from mdd.configs import sampler as sampler_config
+from mdd.configs import tokenizer as tokenizer_config
+
+# Per resolution: batch, denoiser steps, masking shift (more tokens -> mask more, LaViDa-O),
+# sampler steps.
+_RES = {
+    256: dict(batch_size=256, num_steps=400_000, shift=3.0, sampler_steps=32),
+    512: dict(batch_size=128, num_steps=300_000, shift=5.0, sampler_steps=48),
+    1024: dict(batch_size=64, num_steps=200_000, shift=5.0, sampler_steps=64),
+}
+_LARGE = ("L", "XL", "1B", "3B")
+
+
+def get_config(arg=None):
+  args = _parse_arg(arg)
+  res = int(args.get("res", 256))
+  if res not in _RES:
+    raise ValueError(f"configs/t2i.py: res={res} is not one of {sorted(_RES)}")
+  variant = args.get("variant", "B")
+  source = args.get("source", "folder")
+  if source not in ("folder", "tfds"):
+    raise ValueError(f"configs/t2i.py: source={source!r} is not folder or tfds")
+  text_kind = args.get("text", "minilm")
+  vocab_bits = int(args.get("vocab", 14))
+  if vocab_bits not in (14, 18):
+    raise ValueError(f"configs/t2i.py: vocab={vocab_bits} is not 14 or 18")
+  runlocal = bool(args.get("runlocal"))
+  setting = _RES[res]
+
+  c = ml_collections.ConfigDict()
+  c.mode = "pipeline"
+  c.seed = 0
+  c.distributed = False
+  # Large variants shard weights over all devices (FSDP); small ones replicate (data parallel).
+  fsdp_first = variant in _LARGE
+  c.mesh = ml_collections.ConfigDict(dict(data=1 if fsdp_first else -1,
+                                          fsdp=-1 if fsdp_first else 1, tensor=1,
+                                          dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
+  c.sharding_rules = (
+      ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("kv", None),
+      ("vocab", "tensor"), ("conv_in", None), ("conv_out", "tensor"), ("codebook", None),
+      ("act_batch", ("data", "fsdp")), ("act_len", None), ("act_embed", None),
+      ("act_heads", "tensor"), ("act_vocab", "tensor"),
+  )
+
+  c.data = data_config.default_config()
+  c.data.source = source
+  c.data.resolution = res
+  c.data.max_text_len = 256  # bytes; the text encoders below cut at their own token limit
+  c.data.num_threads = 16
+  c.data.validation_fraction = 0.005
+
+  c.tokenizer = tokenizer_config.size_config("B" if vocab_bits == 14 else "B_v18")
+
+  c.update(denoiser_config.default_config())
+  c.denoiser.variant = variant
+  c.denoiser.remat = variant in _LARGE
+  c.text.kind = text_kind
+  c.text.max_len = 77 if text_kind != "byte" else c.data.max_text_len
+  c.masking.schedule = "shifted"
+  c.masking.shift = setting["shift"]
+  c.masking.edit_fraction = 0.1
+  c.masking.edit_uniform_share = 0.3
+  c.loss.type = "gce"
+  c.loss.impl = "auto"  # the fused Pallas kernel on GPU / TPU
+  c.loss.ce_mix = 0.1
+  t = c.denoiser_train
+  t.batch_size = setting["batch_size"]
+  t.num_steps = setting["num_steps"]
+  t.optim.lr = 3e-4 if variant not in _LARGE else 1.5e-4
+  t.optim.warmup_steps = 5000
+  t.optim.weight_decay = 0.05
+  t.ema_decay = 0.9999
+  t.log_every = 100
+  t.ckpt_every = 5000
+  t.eval_every = 20_000
+  t.keep_checkpoints = 3
+  t.eval_batches = 16
+
+  c.sampler = sampler_config.default_config()
+  c.sampler.num_steps = setting["sampler_steps"]
+  c.sampler.schedule = "shifted"
+  c.sampler.schedule_shift = setting["shift"]
+  c.eval = eval_config.default_config()
+  c.eval.evals = ("geneval", "dpg", "fid")
+
+  if runlocal:
+    c.mesh.data, c.mesh.fsdp = -1, 1
+    c.data.source = "shapes"  # Runs anywhere: procedural data instead of the user's folder.
+    c.data.resolution = 64
+    c.data.num_threads = 0
+    c.tokenizer = tokenizer_config.size_config("tiny")
+    c.tokenizer.num_steps = 5
+    c.denoiser.variant = "mu"
+    c.denoiser.remat = False
+    c.denoiser.dtype = "float32"
+    c.text.kind = "byte"
+    c.text.max_len = 64
+    c.data.max_text_len = 64
+    t.batch_size, t.num_steps, t.eval_batches = 8, 5, 1
+    t.optim.warmup_steps = 1
+    t.log_every, t.ckpt_every, t.eval_every = 1, 5, 0
+    c.sampler.num_steps = 4
+    c.eval.evals = ("shapes_geneval",)
+  return c
+
+
+def _parse_arg(arg):
+  out = {}
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, _, value = item.partition("=")
+    out[key] = value if value else True
+  return out

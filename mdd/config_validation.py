@@ -106,7 +106,7 @@ def validate(config) -> list[str]:
   _check_mesh(config, problems)
   _check_data(config, problems)
   _check_positive(config, [
-      "tokenizer_train.num_steps", "tokenizer_train.batch_size", "tokenizer_train.optim.lr",
+      "tokenizer.num_steps", "tokenizer.batch_size", "tokenizer.optimizer.lr",
       "denoiser_train.num_steps", "denoiser_train.batch_size", "denoiser_train.optim.lr",
       "sampler.num_steps",
   ], problems)

@@ -6,7 +6,6 @@ multi-process job, then dispatches on `config.mode`.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import logging
 import os
@@ -17,6 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mdd import config_validation
+from mdd.modes import MODES, resolve_mode  # noqa: F401  (re-exported)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
                                           lock_config=True)
@@ -24,29 +24,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, samp
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", None, "Call jax.distributed.initialize() (default: config.distributed or "
     "the environment variable MDD_DISTRIBUTED=1).")
-
-# config.mode -> "module:function(config, workdir)". Each is imported only when used, so a
-# mode's heavy dependencies never load for another.
-MODES = {
-    "pipeline": "mdd.pipeline:run",
-    "train_tokenizer": "mdd.train.tokenizer_task:run",
-    "pretokenize": "mdd.pretokenize:run",
-    "train": "mdd.train.denoiser_task:run",
-    "sample": "mdd.sample_cli:run",
-    "eval": "mdd.eval.run:run",
-}
-
-
-def resolve_mode(mode: str):
-  """The function that runs `mode`."""
-  if mode not in MODES:
-    raise ValueError(f"config.mode={mode!r} is not one of {sorted(MODES)}")
-  module_name, fn_name = MODES[mode].split(":")
-  if importlib.util.find_spec(module_name) is None:
-    raise ValueError(f"config.mode={mode!r} is not available in this build ({module_name} is "
-                     "missing)")
-  return getattr(importlib.import_module(module_name), fn_name)
-
 
 def _maybe_initialize_distributed(config):
   wanted = _DISTRIBUTED.value
@@ -86,7 +63,17 @@ def _hide_accelerators_from_tensorflow():
       pass
 
 
+class _QuietLibraries(logging.Filter):
+  """Drops INFO chatter of orbax and JAX internals (every checkpoint logs ~20 lines)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    noisy = ("/orbax/" in record.pathname or "/jax/_src/" in record.pathname)
+    return record.levelno >= logging.WARNING or not noisy
+
+
 def main(argv):
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
@@ -114,7 +101,7 @@ def main(argv):
     # workdir rebuild the same model.
     from mdd import generation  # pylint: disable=import-outside-toplevel
     generation.save_run_config(config, workdir)
-  return run_fn(config, workdir)
+  run_fn(config, workdir)
 
 
 def run():

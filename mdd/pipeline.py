@@ -14,13 +14,13 @@ STAGES = ("train_tokenizer", "pretokenize", "train", "sample", "eval")
 
 
 def run(config, workdir: str):
-  from mdd import main as main_lib  # pylint: disable=import-outside-toplevel
+  from mdd import modes  # pylint: disable=import-outside-toplevel
   stages = tuple(config.get("pipeline_stages", None) or STAGES)
   unknown = [s for s in stages if s not in STAGES]
   if unknown:
     raise ValueError(f"pipeline_stages: unknown stages {unknown}; choose from {STAGES}")
   # Resolve every stage first, so a missing one fails before hours of training.
-  runners = [(stage, main_lib.resolve_mode(stage)) for stage in stages]
+  runners = [(stage, modes.resolve_mode(stage)) for stage in stages]
   timings = {}
   for stage, run_fn in runners:
     start = time.time()

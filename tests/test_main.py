@@ -7,7 +7,7 @@ import sys
 import ml_collections
 import pytest
 
-from mdd import config_validation, main as main_lib
+from mdd import config_validation, modes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,7 +58,7 @@ def test_mesh_that_does_not_fit_the_devices():
 
 def test_unknown_mode_is_refused():
   with pytest.raises(ValueError, match="is not one of"):
-    main_lib.resolve_mode("train_everything")
+    modes.resolve_mode("train_everything")
 
 
 def test_cli_reports_bad_config_in_one_line_and_exits_2(tmp_path):

@@ -1,50 +1,79 @@
-r"""The embedded default: ShapeGen, tiny tokenizer + `mu`-sized denoiser, all on 2 CPU cores.
+r"""The embedded default: ShapeGen at 32 px, a tiny VQ tokenizer and the `mu` denoiser, on CPU.
 
 Runs the whole pipeline (train tokenizer -> pretokenize -> train denoiser -> sample -> eval):
 
-  python -m mdd.main --config=configs/shapes_tiny.py --workdir=/tmp/mdd_tiny
+  python -m mdd.main --config=configs/shapes_tiny.py --workdir=workdirs/tiny
 
 Override any field, e.g. `--config.denoiser_train.num_steps=200 --config.mode=train`.
-`configs/shapes_tiny.py:runlocal` shrinks everything further for a smoke run (~1 minute).
+Args (comma list after the colon):
+  runlocal   shrink every stage for a smoke run of a minute or two;
+  v14        a 2^14-code tokenizer (the CPU large-vocabulary ablation setting).
 """
 
 import ml_collections
 
+from mdd.configs import data as data_defaults
+from mdd.configs import denoiser as denoiser_defaults
+from mdd.configs import eval as eval_defaults
+from mdd.configs import mesh as mesh_defaults
+from mdd.configs import sampler as sampler_defaults
+from mdd.configs import tokenizer as tokenizer_defaults
+
 
 def get_config(arg=None):
-  """Returns the config; `arg` is a comma list of `key=value` or flags (`runlocal`)."""
+  """The config; `arg` is a comma list of flags (`runlocal`, `v14`)."""
   args = _parse_arg(arg)
   c = ml_collections.ConfigDict()
   c.mode = "pipeline"  # pipeline | train_tokenizer | pretokenize | train | sample | eval
+  c.pipeline_stages = "train_tokenizer,pretokenize,train,sample,eval"  # what pipeline runs
   c.seed = 0
+  c.distributed = False  # jax.distributed.initialize() (also --distributed / MDD_DISTRIBUTED=1)
 
-  # Device mesh: axes (data, fsdp, tensor); one size may be -1 (= the rest of the devices).
-  # dcn_* sizes split each axis across slices/hosts (multi-slice TPU, multi-node GPU).
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1,
-                                          dcn_tensor=1))
-  # Logical axis -> mesh axis rules (weights, then activations). None = replicated.
-  c.sharding_rules = (
-      ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("kv", None),
-      ("vocab", "tensor"), ("conv_in", None), ("conv_out", "tensor"), ("codebook", None),
-      ("act_batch", ("data", "fsdp")), ("act_len", None), ("act_embed", None),
-      ("act_heads", "tensor"), ("act_vocab", "tensor"),
-  )
+  # Device mesh (data, fsdp, tensor) and logical-axis rules: mdd/configs/mesh.py.
+  c.mesh = mesh_defaults.default_mesh(data=-1)
+  c.sharding_rules = mesh_defaults.DEFAULT_RULES
 
-  # Data: procedural ShapeGen, no download.
-  c.data = ml_collections.ConfigDict()
-  c.data.source = "shapes"  # shapes | folder | tfds
+  # Data: procedural ShapeGen at 32 px, rendered once into a cache under the workdir.
+  c.data = data_defaults.default_config()
   c.data.resolution = 32
   c.data.train_size = 20_000
-  c.data.heldout_size = 512
-  c.data.folder = ""          # for source=folder: directory holding manifest.jsonl + images
-  c.data.tfds_name = ""       # for source=tfds
-  c.data.max_text_len = 64    # bytes; longer captions are truncated (and counted)
-  c.data.shuffle_buffer = 2048
 
-  c.distributed = False  # call jax.distributed.initialize() (also: MDD_DISTRIBUTED=1)
+  # Tokenizer: 32 px, f=4 -> 8x8 tokens, VQ with 1024 codes of dim 8.
+  c.tokenizer = tokenizer_defaults.size_config("tiny_v14" if args.get("v14") else "tiny")
+  c.tokenizer.loop.tensorboard = True
+
+  # Denoiser, text encoder, masking + edit corruption, GCE loss, training.
+  c.update(denoiser_defaults.default_config())
+  c.text.max_len = c.data.max_text_len
+
+  # Sampler (with token editing) and evaluations.
+  c.sampler = sampler_defaults.default_config()
+  c.eval = eval_defaults.default_config()
+
+  # --config.mode=sample
+  c.sample = ml_collections.ConfigDict()
+  c.sample.prompts = ""          # "|"-separated; "" = a fixed set of ShapeGenEval prompts
+  c.sample.prompts_file = ""     # one prompt per line
+  c.sample.num_per_prompt = 1
+  c.sample.seed_offset = 0
+  c.sample.batch_size = 16
+  c.sample.outdir = "samples"
+  c.sample.gif_samples = 8       # samples shown in trajectory.gif
+  c.sample.gif_scale = 4
+  c.sample.edit_image = ""       # image editing: PATH of the image to edit
+  c.sample.edit_box = ""         # "top,left,bottom,right" pixels to regenerate
+  c.sample.edit_mask = ""        # PATH of a mask image (white = regenerate)
+  c.sample.outpaint = ""         # "top,bottom,left,right" pixels added around the image
 
   if args.get("runlocal"):
-    c.data.train_size = 512
+    c.data.train_size = 2048
+    c.data.validation_size = c.data.heldout_size = 256
+    c.tokenizer.num_steps = 60
+    c.tokenizer.eval.num_examples = 128
+    c.denoiser_train.num_steps = 60
+    c.denoiser_train.log_every = 20
+    c.sampler.num_steps = 8
+    c.eval.shapes_geneval.images_per_prompt = 1
   return c
 
 
@@ -52,8 +81,7 @@ def _parse_arg(arg):
   out = {}
   for item in (arg or "").split(","):
     item = item.strip()
-    if not item:
-      continue
-    key, _, value = item.partition("=")
-    out[key] = value if value else True
+    if item:
+      key, _, value = item.partition("=")
+      out[key] = value if value else True
   return out

@@ -20,6 +20,7 @@ import ml_collections
 from mdd.configs import data as data_config
 from mdd.configs import denoiser as denoiser_config
 from mdd.configs import eval as eval_config
+from mdd.configs import mesh as mesh_defaults
 from mdd.configs import sampler as sampler_config
 from mdd.configs import tokenizer as tokenizer_config
 
@@ -55,15 +56,9 @@ def get_config(arg=None):
   c.distributed = False
   # Large variants shard weights over all devices (FSDP); small ones replicate (data parallel).
   fsdp_first = variant in _LARGE
-  c.mesh = ml_collections.ConfigDict(dict(data=1 if fsdp_first else -1,
-                                          fsdp=-1 if fsdp_first else 1, tensor=1,
-                                          dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
-  c.sharding_rules = (
-      ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("kv", None),
-      ("vocab", "tensor"), ("conv_in", None), ("conv_out", "tensor"), ("codebook", None),
-      ("act_batch", ("data", "fsdp")), ("act_len", None), ("act_embed", None),
-      ("act_heads", "tensor"), ("act_vocab", "tensor"),
-  )
+  c.mesh = mesh_defaults.default_mesh(data=1 if fsdp_first else -1,
+                                      fsdp=-1 if fsdp_first else 1)
+  c.sharding_rules = mesh_defaults.DEFAULT_RULES
 
   c.data = data_config.default_config()
   c.data.source = source

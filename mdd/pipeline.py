@@ -15,7 +15,8 @@ STAGES = ("train_tokenizer", "pretokenize", "train", "sample", "eval")
 
 def run(config, workdir: str):
   from mdd import modes  # pylint: disable=import-outside-toplevel
-  stages = tuple(config.get("pipeline_stages", None) or STAGES)
+  stages = tuple(s.strip() for s in str(config.get("pipeline_stages", "") or
+                                         ",".join(STAGES)).split(",") if s.strip())
   unknown = [s for s in stages if s not in STAGES]
   if unknown:
     raise ValueError(f"pipeline_stages: unknown stages {unknown}; choose from {STAGES}")

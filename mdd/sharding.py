@@ -17,29 +17,15 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mdd.configs import mesh as mesh_defaults
+
 MESH_AXES = ("data", "fsdp", "tensor")
 # Batch dimension of activations and host batches is split over both data-parallel axes.
 BATCH_AXES = ("data", "fsdp")
 
 Rules = Sequence[tuple[str, Any]]
 
-DEFAULT_RULES: Rules = (
-    # Weights.
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv", None),
-    ("vocab", "tensor"),
-    ("conv_in", None),
-    ("conv_out", "tensor"),
-    ("codebook", None),
-    # Activations.
-    ("act_batch", BATCH_AXES),
-    ("act_len", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_vocab", "tensor"),
-)
+DEFAULT_RULES: Rules = mesh_defaults.DEFAULT_RULES
 
 
 def _resolve_sizes(sizes: dict[str, int], total: int, what: str) -> tuple[int, ...]:

@@ -1,0 +1,62 @@
+r"""ShapeGen on one GPU (H200): 64 px, f=4 -> 16x16 tokens, 2^16 VQ codes, an `S` denoiser.
+
+Runs without TensorFlow (the GPU image has none): the data path is pure numpy, metrics go to the
+log and metrics.jsonl. The whole pipeline:
+
+  python -m mdd.main --config=configs/shapes_gpu.py --workdir=workdirs/gpu
+
+Args: `v18` (2^18 codes, the paper's largest vocabulary), `runlocal` (a short smoke run).
+"""
+
+import ml_collections
+
+from mdd.configs import tokenizer as tokenizer_defaults
+
+
+def get_config(arg=None):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  # Start from the CPU default and scale it: the two configs differ only where the hardware does.
+  spec = importlib.util.spec_from_file_location(
+      "shapes_tiny", os.path.join(os.path.dirname(os.path.abspath(__file__)), "shapes_tiny.py"))
+  tiny = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tiny)
+  args = tiny._parse_arg(arg)  # pylint: disable=protected-access
+  c = tiny.get_config()
+
+  c.data.resolution = 64
+  c.data.train_size = 100_000
+
+  c.tokenizer = tokenizer_defaults.default_config()
+  c.tokenizer.model.variant = "S"
+  c.tokenizer.model.downsample_factor = 4
+  c.tokenizer.model.vocab_size = 2 ** 18 if args.get("v18") else 2 ** 16
+  c.tokenizer.model.dtype = "bfloat16"
+  c.tokenizer.num_steps = 4000
+  c.tokenizer.batch_size = 128
+  c.tokenizer.optimizer.lr = 1e-3
+  c.tokenizer.loop.log_every = 200
+  c.tokenizer.loop.ckpt_every = 1000
+  c.tokenizer.eval.num_examples = 1000
+
+  c.denoiser.variant = "S"
+  c.denoiser.attention_impl = "cudnn"
+  c.loss.impl = "pallas"  # the fused GCE kernel
+  c.denoiser_train.num_steps = 6000
+  c.denoiser_train.batch_size = 256
+  c.denoiser_train.optim.lr = 5e-4
+  c.denoiser_train.optim.warmup_steps = 500
+  c.denoiser_train.log_every = 200
+  c.denoiser_train.ckpt_every = 1000
+  c.denoiser_train.tensorboard = False
+
+  c.sampler.num_steps = 16
+  c.sampler.guidance_scale = 2.0
+  c.eval.shapes_geneval.batch_size = 256
+  c.sample.batch_size = 64
+
+  if args.get("runlocal"):
+    c.tokenizer.num_steps = 100
+    c.denoiser_train.num_steps = 100
+    c.eval.shapes_geneval.images_per_prompt = 1
+  return c

@@ -1,0 +1,99 @@
+"""The main job end to end at toy size: tokenizer -> pretokenize -> denoiser -> sample -> eval.
+
+Step counts are tiny (the point is the data flow, artefacts and resume, not quality); the
+quality bars of the real default are measured by running `configs/shapes_tiny.py` itself.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TOY = [
+    "--config.data.train_size=256", "--config.data.validation_size=64",
+    "--config.data.heldout_size=64",
+    "--config.tokenizer.num_steps=4", "--config.tokenizer.batch_size=16",
+    "--config.tokenizer.eval.num_examples=32", "--config.tokenizer.model.variant=micro",
+    "--config.denoiser_train.num_steps=4", "--config.denoiser_train.batch_size=16",
+    "--config.denoiser_train.log_every=2", "--config.denoiser_train.eval_batches=1",
+    "--config.denoiser_train.tensorboard=False", "--config.tokenizer.loop.tensorboard=False",
+    "--config.sampler.num_steps=4", "--config.sample.prompts=a photo of a red circle|two squares",
+    "--config.sample.num_per_prompt=2",
+]
+
+
+def _main(workdir, *extra):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  return subprocess.run([sys.executable, "-m", "mdd.main", "--config=configs/shapes_tiny.py",
+                         f"--workdir={workdir}", *TOY, *extra], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("e2e"))
+  result = _main(workdir, "--config.pipeline_stages=train_tokenizer,pretokenize,train,sample")
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, result
+
+
+def test_pipeline_leaves_the_workdir_artefacts(trained):
+  workdir, result = trained
+  for path in ["config.json", "tokenizer/eval.json", "tokenizer/neighbours.npz",
+               "denoiser/eval.json", "denoiser/metrics.jsonl", "samples/grid.png",
+               "samples/trajectory.gif"]:
+    assert os.path.exists(os.path.join(workdir, path)), path
+  with open(os.path.join(workdir, "tokenizer", "eval.json")) as f:
+    assert {"psnr", "ssim", "codebook_usage"} <= set(json.load(f))
+  with open(os.path.join(workdir, "denoiser", "eval.json")) as f:
+    assert {"loss", "masked_acc"} <= set(json.load(f))
+  pngs = [p for p in os.listdir(os.path.join(workdir, "samples")) if p[:4].isdigit()]
+  assert len(pngs) == 4  # 2 prompts x 2 samples
+  image = np.asarray(Image.open(os.path.join(workdir, "samples", sorted(pngs)[0])))
+  assert image.shape == (32, 32, 3)
+  gif = Image.open(os.path.join(workdir, "samples", "trajectory.gif"))
+  assert gif.n_frames >= 4
+  assert "=== pipeline done" in result.stdout
+
+
+def test_rerun_resumes_instead_of_starting_over(trained):
+  workdir, _ = trained
+  result = _main(workdir, "--config.pipeline_stages=train_tokenizer,train")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "already trained to step 4" in result.stderr + result.stdout
+
+
+def test_same_seed_same_sample_any_batch(trained):
+  from mdd import generation  # pylint: disable=import-outside-toplevel
+  workdir, _ = trained
+  gen = generation.Generator.from_workdir(workdir)
+  prompts = ["a photo of a blue square", "a photo of a circle", "two triangles"]
+  together = gen.generate(prompts, [5, 6, 7])["tokens"]
+  alone = gen.generate(prompts[1:2], [6])["tokens"]
+  np.testing.assert_array_equal(together[1], alone[0])
+
+
+def test_eval_scores_the_trained_model(trained, tmp_path):
+  from mdd import generation  # pylint: disable=import-outside-toplevel
+  from mdd.eval import geneval_layout, shapes_geneval  # pylint: disable=import-outside-toplevel
+  workdir, _ = trained
+  gen = generation.Generator.from_workdir(workdir)
+  metadata = shapes_geneval.load_prompts("main")[::84][:6]  # one prompt of each tag
+  layout = geneval_layout.generate_layout(gen.generate_fn(8), metadata, str(tmp_path / "l"),
+                                          images_per_prompt=2, batch_size=8)
+  summary = shapes_geneval.score_layout(layout)
+  assert summary["num_images"] == 12 and 0.0 <= summary["overall"] <= 1.0
+  assert set(summary["tags"]) == {m["tag"] for m in metadata}
+
+
+def test_missing_checkpoint_is_one_clear_line(tmp_path):
+  result = _main(str(tmp_path), "--config.mode=sample")
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("mdd: error: FileNotFoundError") and "tokenizer" in last

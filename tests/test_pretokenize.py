@@ -1,0 +1,93 @@
+"""Pretokenization: shards hold every example once, resume after interruption, two processes."""
+
+import glob
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from mdd import pretokenize
+from mdd.data import pipeline
+from mdd.data import text as text_lib
+from mdd.models import tokenizer as tokenizer_lib
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model = tokenizer_lib.Tokenizer(channels=tokenizer_lib.variant_channels("micro", 8),
+                                  z_channels=16, vocab_size=64, code_dim=4)
+  source = pipeline.TokenizedSource(
+      pipeline.ShapeGenSource(num_examples=11, seed=3, split="train", resolution=32),
+      text_lib.ByteTokenizer(max_len=16))
+  params = model.init(jax.random.key(0), source[0]["image"][None])["params"]
+  encode_fn = pretokenize.make_encode_fn(model)
+  expected = np.asarray(encode_fn(params, np.stack([source[i]["image"] for i in range(11)])))
+  return model, params, source, encode_fn, expected
+
+
+def _check_complete(directory, source, expected):
+  reader = pretokenize.TokenShardSource(directory, cache_shards=2)
+  assert len(reader) == 11 and reader.token_shape == (4, 4) and reader.vocab_size == 64
+  seen = []
+  for i in range(len(reader)):
+    item = reader[i]
+    seen.append(item["index"])
+    np.testing.assert_array_equal(item["tokens"], expected[i])
+    assert item["tokens"].dtype == np.int32
+    assert item["caption"] == source[i]["caption"] and item["metadata"] == source[i]["metadata"]
+    np.testing.assert_array_equal(item["text_ids"], source[i]["text_ids"])
+  assert seen == list(range(11))  # Every example exactly once, in order.
+  with pytest.raises(IndexError):
+    reader[11]
+  # Batches for the denoiser: numeric fields only, resumable at any step.
+  stream = reader.batches(4, 0, seed=1, process_index=0, process_count=1)
+  first = [next(stream) for _ in range(3)]
+  assert sorted(first[0]) == ["text_ids", "text_len", "text_truncated", "tokens"]
+  assert first[0]["tokens"].shape == (4, 4, 4)
+  resumed = next(reader.batches(4, 2, seed=1, process_index=0, process_count=1))
+  np.testing.assert_array_equal(resumed["tokens"], first[2]["tokens"])
+  return reader
+
+
+def test_pretokenize_resumes_without_duplicates_or_drops(setup, tmp_path):
+  model, params, source, encode_fn, expected = setup
+  out = str(tmp_path / "train")
+  kwargs = dict(shard_size=3, batch_size=4, encode_fn=encode_fn)
+  # "Interrupted" run: two shards, plus a half-written temporary file of a third.
+  written = pretokenize.pretokenize_split(model, params, source, out, max_shards=2, **kwargs)
+  assert written == [0, 1]
+  with open(pretokenize.shard_path(out, 2) + ".tmp-999.npz", "wb") as f:
+    f.write(b"garbage")
+  with pytest.raises(ValueError, match="incomplete"):
+    pretokenize.TokenShardSource(out)
+  mtimes = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(out, "shard-?????.npz"))}
+  assert len(mtimes) == 2
+  written = pretokenize.pretokenize_split(model, params, source, out, **kwargs)
+  assert written == [2, 3]  # Only the missing shards (the last one is partial: 2 examples).
+  for path, mtime in mtimes.items():
+    assert os.stat(path).st_mtime_ns == mtime  # Finished shards are not redone.
+  assert not glob.glob(os.path.join(out, "*.tmp-*"))
+  _check_complete(out, source, expected)
+  # A third run does nothing; a different shard size is refused.
+  assert pretokenize.pretokenize_split(model, params, source, out, **kwargs) == []
+  with pytest.raises(ValueError, match="another setting"):
+    pretokenize.pretokenize_split(model, params, source, out, shard_size=4, batch_size=4,
+                                  encode_fn=encode_fn)
+
+
+def test_pretokenize_two_processes_split_the_shards(setup, tmp_path):
+  model, params, source, encode_fn, expected = setup
+  out = str(tmp_path / "train")
+  kwargs = dict(shard_size=2, batch_size=4, encode_fn=encode_fn, process_count=2)
+  first = pretokenize.pretokenize_split(model, params, source, out, process_index=0, **kwargs)
+  second = pretokenize.pretokenize_split(model, params, source, out, process_index=1, **kwargs)
+  assert first == [0, 2, 4] and second == [1, 3, 5]
+  _check_complete(out, source, expected)
+  # The split= form used by the denoiser.
+  assert len(pretokenize.TokenShardSource(str(tmp_path), split="train")) == 11
+
+
+def test_missing_token_dir_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="pretokenize"):
+    pretokenize.TokenShardSource(str(tmp_path))

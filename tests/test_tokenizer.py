@@ -1,0 +1,191 @@
+"""Tokenizer model: shapes for f = 4/8/16 and several sizes, logical names, config, GAN pieces."""
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mdd.configs import tokenizer as tok_config
+from mdd.models import discriminator as disc_lib
+from mdd.models import tokenizer as tokenizer_lib
+from mdd import tokenizer_losses
+
+
+def _micro(f, quantizer="vq", attention=False):
+  return tokenizer_lib.Tokenizer(channels=tokenizer_lib.variant_channels("micro", f),
+                                 z_channels=16, attention=attention, quantizer=quantizer,
+                                 vocab_size=96, code_dim=8, fsq_levels=(4, 3, 3),
+                                 lookup_block_size=40)
+
+
+@pytest.mark.parametrize("f,height,width,attention", [
+    (4, 16, 24, True), (8, 24, 16, False), (16, 32, 16, True)])
+def test_encode_decode_shapes(f, height, width, attention):
+  model = _micro(f, attention=attention)
+  images = jax.random.randint(jax.random.key(f + height), (2, height, width, 3), 0, 256
+                              ).astype(jnp.uint8)
+  params = model.init(jax.random.key(0), images)["params"]
+  reconstruction, aux = model.apply({"params": params}, images)
+  ids = aux["ids"]
+  assert ids.shape == (2, height // f, width // f) and ids.dtype == jnp.int32
+  assert int(ids.min()) >= 0 and int(ids.max()) < 96
+  decoded = model.apply({"params": params}, ids, method="decode")
+  assert decoded.shape == (2, height, width, 3) and decoded.dtype == jnp.float32
+  np.testing.assert_allclose(reconstruction, decoded, atol=1e-5)
+  # uint8 and the equivalent float input give the same tokens.
+  floats = images.astype(jnp.float32) / 127.5 - 1
+  np.testing.assert_array_equal(model.apply({"params": params}, floats, method="encode"), ids)
+  assert model.downsample_factor == f
+
+
+@pytest.mark.parametrize("f", [4, 8, 16])
+def test_shapes_for_each_factor_without_running(f):
+  """eval_shape: output shapes for every factor at square and non-square sizes (no compute)."""
+  model = _micro(f, attention=True)
+  for height, width in ((32, 32), (64, 32), (16 * 3, 16 * 5)):
+    images = jax.ShapeDtypeStruct((3, height, width, 3), jnp.uint8)
+    params = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
+    ids = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, method="encode"), params,
+                         images)
+    assert ids.shape == (3, height // f, width // f) and ids.dtype == jnp.int32
+    decoded = jax.eval_shape(lambda p, i: model.apply({"params": p}, i, method="decode"),
+                             params, ids)
+    assert decoded.shape == (3, height, width, 3)
+
+
+def test_fsq_tokenizer_and_codebook():
+  model = _micro(4, quantizer="fsq")
+  images = jax.random.uniform(jax.random.key(1), (1, 8, 8, 3), minval=-1, maxval=1)
+  params = model.init(jax.random.key(0), images)["params"]
+  ids = model.apply({"params": params}, images, method="encode")
+  assert ids.shape == (1, 2, 2) and int(ids.max()) < 36 and model.num_codes == 36
+  assert model.apply({"params": params}, method="codebook").shape == (36, 3)
+
+
+def test_bad_inputs_raise_clear_errors():
+  model = _micro(8)
+  params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
+  encode = lambda x: model.apply({"params": params}, x, method="encode")
+  with pytest.raises(ValueError, match="divisible"):
+    jax.eval_shape(encode, jax.ShapeDtypeStruct((1, 20, 16, 3), jnp.float32))
+  with pytest.raises(ValueError, match=r"\[B, H, W, 3\]"):
+    jax.eval_shape(encode, jax.ShapeDtypeStruct((16, 16, 3), jnp.float32))
+  with pytest.raises(ValueError, match="variant"):
+    tokenizer_lib.variant_channels("XXL", 8)
+  with pytest.raises(ValueError, match="downsample_factor"):
+    tokenizer_lib.variant_channels("tiny", 32)
+
+
+def test_weights_carry_logical_names():
+  model = _micro(4)
+  boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
+  specs = nn.get_partition_spec(boxed)
+  assert specs["quant"]["codebook"] == jax.sharding.PartitionSpec("codebook", None)
+  assert specs["encoder"]["conv_in"]["kernel"] == jax.sharding.PartitionSpec(
+      None, None, "conv_in", "conv_out")
+  assert specs["decoder"]["conv_out"]["kernel"] == jax.sharding.PartitionSpec(
+      None, None, "conv_in", "conv_out")
+  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  assert all(isinstance(leaf, nn.LogicallyPartitioned) for leaf in leaves)
+
+
+def test_tokenizer_from_config_and_sizes():
+  cfg = tok_config.default_config()
+  model = tokenizer_lib.tokenizer_from_config(cfg)
+  assert model.downsample_factor == 4 and model.num_codes == 1024
+  assert tuple(model.channels) == tokenizer_lib.variant_channels("tiny", 4)
+  big = tok_config.size_config("B_v18")
+  model = tokenizer_lib.tokenizer_from_config(big)
+  assert model.num_codes == 2 ** 18 and model.downsample_factor == 16
+  cfg.model.dtype = "float16"
+  with pytest.raises(ValueError, match="dtype"):
+    tokenizer_lib.tokenizer_from_config(cfg)
+  with pytest.raises(ValueError, match="unknown tokenizer size"):
+    tok_config.size_config("huge")
+
+
+def test_load_tokenizer_missing_dir_is_one_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no trained tokenizer"):
+    tokenizer_lib.load_tokenizer(str(tmp_path))
+
+
+def test_patch_discriminator_and_hinge_losses():
+  disc = disc_lib.PatchDiscriminator(width=8, num_layers=2)
+  images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
+  params = disc.init(jax.random.key(1), images)
+  logits = disc.apply(params, images)
+  assert logits.shape == (2, 8, 8, 1)
+  real = jnp.asarray([2.0, 0.5, -1.0])
+  fake = jnp.asarray([-2.0, 0.0, 1.0])
+  np.testing.assert_allclose(disc_lib.hinge_discriminator_loss(real, fake),
+                             0.5 * (np.mean([0, 0.5, 2]) + np.mean([0, 1, 2])), rtol=1e-6)
+  np.testing.assert_allclose(disc_lib.hinge_generator_loss(fake), 1 / 3, rtol=1e-6)
+
+
+def test_adaptive_weight_matches_full_gradients_of_the_last_layer():
+  model = _micro(4)
+  disc = disc_lib.PatchDiscriminator(width=8, num_layers=1)
+  images = jax.random.uniform(jax.random.key(2), (2, 16, 16, 3), minval=-1, maxval=1)
+  params = nn.unbox(model.init(jax.random.key(0), images)["params"])
+  # Give the last layer non-trivial weights.
+  params["decoder"]["conv_out"]["kernel"] = 0.1 * jax.random.normal(
+      jax.random.key(3), params["decoder"]["conv_out"]["kernel"].shape)
+  disc_params = disc.init(jax.random.key(1), images)
+  rec_loss = lambda x: jnp.mean(jnp.abs(x - images))
+  gen_loss = lambda x: disc_lib.hinge_generator_loss(disc.apply(disc_params, x))
+  reconstruction, aux = model.apply({"params": params}, images)
+  last = params["decoder"]["conv_out"]
+  np.testing.assert_allclose(
+      disc_lib.last_layer_conv(aux["decoder_features"], last["kernel"], last["bias"]),
+      reconstruction, atol=1e-5)
+  weight = disc_lib.adaptive_weight(aux["decoder_features"], last["kernel"], last["bias"],
+                                    rec_loss, gen_loss)
+
+  def grad_norm(loss):
+    def of_kernel(kernel):
+      p = jax.tree.map(lambda x: x, params)
+      p["decoder"]["conv_out"]["kernel"] = kernel
+      return loss(model.apply({"params": p}, images)[0])
+    return jnp.linalg.norm(jax.grad(of_kernel)(last["kernel"]))
+
+  expected = grad_norm(rec_loss) / (grad_norm(gen_loss) + 1e-4)
+  np.testing.assert_allclose(weight, expected, rtol=1e-3)
+
+
+def test_reconstruction_losses_and_psnr():
+  a = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3), minval=-1, maxval=1)
+  b = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3), minval=-1, maxval=1)
+  out = tokenizer_losses.reconstruction_losses(a, b, 1.0, 2.0)
+  np.testing.assert_allclose(out["loss"], np.mean(np.abs(a - b)) + 2 * np.mean((a - b) ** 2),
+                             rtol=1e-5)
+  mse01 = np.mean(((a + 1) / 2 - (b + 1) / 2) ** 2)
+  np.testing.assert_allclose(tokenizer_losses.psnr_from_mse(out["mse"]), -10 * np.log10(mse01),
+                             rtol=1e-5)
+
+
+def test_perceptual_loss_from_local_weights(tmp_path):
+  rng = np.random.default_rng(0)
+  convs = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+  # Thin random "VGG" (real shapes would be 60 MB): the loader only needs consistent shapes.
+  widths = [3] + [4] * 13
+  weights = {}
+  for j, index in enumerate(convs):
+    fan_in = widths[j] * 9
+    weights[f"features.{index}.weight"] = rng.normal(
+        0, np.sqrt(2 / fan_in), (widths[j + 1], widths[j], 3, 3)).astype(np.float32)
+    weights[f"features.{index}.bias"] = np.zeros(widths[j + 1], np.float32)
+  path = os.path.join(tmp_path, "vgg.npz")
+  np.savez(path, **weights)
+  loss = tokenizer_losses.PerceptualLoss(path)
+  a = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1, maxval=1)
+  b = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3), minval=-1, maxval=1)
+  value_and_grad = jax.jit(jax.value_and_grad(loss))
+  assert float(value_and_grad(a, a)[0]) == pytest.approx(0.0, abs=1e-6)
+  value, grad = value_and_grad(a, b)
+  assert float(value) > 0.01
+  assert np.isfinite(np.asarray(grad)).all() and float(jnp.abs(grad).max()) > 0
+  with pytest.raises(FileNotFoundError, match="perceptual"):
+    tokenizer_losses.PerceptualLoss(os.path.join(tmp_path, "missing.npz"))

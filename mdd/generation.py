@@ -146,17 +146,18 @@ def _cached_logits_fn(system, grid_shape):
 
 
 def _decode(tokenizer, params, tokens):
-  return _jit_apply(tokenizer, "decode")(params, tokens)
+  return jit_method(tokenizer, "decode")(params, tokens)
 
 
 def _encode(tokenizer, params, images):
-  return _jit_apply(tokenizer, "encode")(params, images)
+  return jit_method(tokenizer, "encode")(params, images)
 
 
 _APPLY: dict = {}
 
 
-def _jit_apply(module, method: str):
+def jit_method(module, method: str):
+  """`jit(lambda params, x: module.apply({"params": params}, x, method=method))`, cached."""
   key = (id(module), method)
   if key not in _APPLY:
     _APPLY[key] = jax.jit(lambda p, x: module.apply({"params": p}, x, method=method))

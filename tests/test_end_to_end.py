@@ -97,3 +97,15 @@ def test_missing_checkpoint_is_one_clear_line(tmp_path):
   assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("mdd: error: FileNotFoundError") and "tokenizer" in last
+
+
+def test_training_on_images_encoded_on_the_fly_with_sample_summaries(trained):
+  workdir, _ = trained
+  result = _main(workdir, "--config.mode=train", "--config.denoiser_train.num_steps=6",
+                 "--config.denoiser_train.source=images",
+                 "--config.denoiser_train.summary_every=2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "step 6/6" in result.stdout
+  summary = os.path.join(workdir, "denoiser", "samples", "step_000006.png")
+  assert os.path.exists(summary)
+  assert np.asarray(Image.open(summary)).ndim == 3

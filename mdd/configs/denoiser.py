@@ -63,6 +63,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.metrics_chunk = 1024     # tokens per chunk of the argmax in metrics
 
   c.denoiser_train = ml_collections.ConfigDict()
+  c.denoiser_train.source = "tokens"    # tokens (DIR/tokens shards) | images (encode on the fly)
   c.denoiser_train.num_steps = 3000
   c.denoiser_train.batch_size = 64
   c.denoiser_train.cfg_drop_prob = 0.1
@@ -73,7 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.denoiser_train.log_every = 50
   c.denoiser_train.ckpt_every = 500
   c.denoiser_train.eval_every = 0
-  c.denoiser_train.summary_every = 0
+  c.denoiser_train.summary_every = 0    # sample fixed prompts every N steps (0 = never)
   c.denoiser_train.keep_checkpoints = 2
   c.denoiser_train.tensorboard = True
   c.denoiser_train.eval_batches = 4     # held-out batches in the final evaluation

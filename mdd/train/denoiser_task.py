@@ -344,14 +344,15 @@ def make_task(config, system: DenoiserSystem,
 
 
 def run(config, workdir: str):
-  """Trains the denoiser on the token shards under DIR/tokens with DIR/tokenizer's table.
+  """Trains the denoiser with DIR/tokenizer's neighbour table.
 
-  Expects `mdd.pretokenize.TokenShardSource(directory, split)` with
-  `.batches(batch_size, start_step, seed=..., shuffle=...)` yielding host batches
-  (`tokens`, `text_ids`, `text_len`), resumable from `start_step`.
+  `denoiser_train.source="tokens"` (default, fast) reads the shards under DIR/tokens
+  (`mdd.pretokenize.TokenShardSource`); `"images"` reads the data source and encodes images on
+  the fly with the frozen tokenizer of DIR/tokenizer. With `denoiser_train.summary_every > 0`
+  the loop also samples a few fixed prompts and writes them (TensorBoard when present, and
+  `DIR/denoiser/samples/step_<N>.png`).
   """
   from mdd import neighbours as neighbours_lib  # pylint: disable=import-outside-toplevel
-  from mdd import pretokenize  # pylint: disable=import-outside-toplevel
   from mdd import sharding  # pylint: disable=import-outside-toplevel
   from mdd.train import loop  # pylint: disable=import-outside-toplevel
 
@@ -363,18 +364,108 @@ def run(config, workdir: str):
   rules = sharding.rules_from_config(config)
   batch_size = int(train_cfg.batch_size)
   seed = int(config.get("seed", 0))
-  tokens_dir = os.path.join(workdir, "tokens")
-  source = pretokenize.TokenShardSource(tokens_dir, split="train")
-  make_batches = lambda start_step: source.batches(batch_size, start_step, seed=seed)
-  heldout = pretokenize.TokenShardSource(tokens_dir, split="validation")
-  eval_iter = heldout.batches(batch_size, 0, seed=seed, shuffle=False)
-  eval_batches = [next(eval_iter) for _ in range(int(train_cfg.get("eval_batches", 4)))]
-  task = make_task(config, system, make_batches, eval_batches=eval_batches)
+  source_kind = train_cfg.get("source", "tokens")
+  needs_tokenizer = source_kind == "images" or int(train_cfg.get("summary_every", 0)) > 0
+  tokenizer = _frozen_tokenizer(workdir) if needs_tokenizer else None
+  if source_kind == "tokens":
+    make_batches, eval_batches = _token_batches(workdir, batch_size, seed,
+                                                int(train_cfg.get("eval_batches", 4)))
+    encode_fn = None
+  elif source_kind == "images":
+    make_batches, eval_batches = _image_batches(config, batch_size, seed,
+                                                int(train_cfg.get("eval_batches", 4)))
+    encode_fn = tokenizer.encode
+  else:
+    raise ValueError(f"denoiser_train.source={source_kind!r}: must be 'tokens' or 'images'")
+  task = make_task(config, system, make_batches, eval_batches=eval_batches, encode_fn=encode_fn)
+  if int(train_cfg.get("summary_every", 0)) > 0:
+    task.image_summaries = _sample_summaries(config, system, tokenizer,
+                                             os.path.join(workdir, "denoiser", "samples"))
   num_params = denoiser_lib.count_params(jax.eval_shape(system.init_params, jax.random.key(0)))
   logging.info("denoiser %s: %.2fM params (with the byte text encoder if trained)",
                config.denoiser.variant, num_params / 1e6)
   loop.train(task, train_cfg, workdir, mesh, rules, seed=seed)
   # Nothing is returned: absl's app.run would print a returned object as the exit status.
+
+
+@dataclasses.dataclass(frozen=True)
+class _FrozenTokenizer:
+  """The trained tokenizer of a workdir as two jitted functions."""
+  model: Any
+  params: Any
+
+  def encode(self, images) -> np.ndarray:
+    from mdd import generation  # pylint: disable=import-outside-toplevel
+    return np.asarray(generation.jit_method(self.model, "encode")(self.params,
+                                                                   jnp.asarray(images)))
+
+  def decode(self, tokens) -> np.ndarray:
+    """uint8 images."""
+    from mdd import generation  # pylint: disable=import-outside-toplevel
+    return generation.to_uint8(generation.jit_method(self.model, "decode")(self.params,
+                                                                           jnp.asarray(tokens)))
+
+
+def _frozen_tokenizer(workdir: str) -> _FrozenTokenizer:
+  from mdd.models import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  model, params, _ = tokenizer_lib.load_tokenizer(workdir)
+  return _FrozenTokenizer(model, params)
+
+
+def _token_batches(workdir: str, batch_size: int, seed: int, num_eval: int):
+  from mdd import pretokenize  # pylint: disable=import-outside-toplevel
+  tokens_dir = os.path.join(workdir, "tokens")
+  source = pretokenize.TokenShardSource(tokens_dir, split="train")
+  make_batches = lambda start_step: source.batches(batch_size, start_step, seed=seed)  # noqa: E731
+  heldout = pretokenize.TokenShardSource(tokens_dir, split="validation")
+  eval_iter = heldout.batches(batch_size, 0, seed=seed, shuffle=False)
+  return make_batches, [next(eval_iter) for _ in range(num_eval)]
+
+
+def _image_batches(config, batch_size: int, seed: int, num_eval: int):
+  from mdd.data import pipeline as data_pipeline  # pylint: disable=import-outside-toplevel
+  processes = jax.process_count()
+  if batch_size % processes:
+    raise ValueError(f"denoiser_train.batch_size={batch_size} is not a multiple of the "
+                     f"{processes} processes")
+  kwargs = dict(batch_size=batch_size // processes, seed=seed,
+                process_index=jax.process_index(), process_count=processes)
+  train = data_pipeline.make_source(config.data, "train")
+  make_batches = lambda start_step: data_pipeline.batch_iterator(  # noqa: E731
+      train, start_step=start_step, **kwargs)
+  validation = data_pipeline.make_source(config.data, "validation")
+  eval_iter = data_pipeline.batch_iterator(validation, shuffle=False, **kwargs)
+  return make_batches, [next(eval_iter) for _ in range(num_eval)]
+
+
+def _sample_summaries(config, system: DenoiserSystem, tokenizer: _FrozenTokenizer,
+                      out_dir: str):
+  """`image_summaries(state, batch)`: samples fixed prompts with the current EMA weights."""
+  from mdd import sampler as sampler_lib  # pylint: disable=import-outside-toplevel
+  from mdd import visualize  # pylint: disable=import-outside-toplevel
+  from mdd.eval import shapes_geneval  # pylint: disable=import-outside-toplevel
+  prompts = [m["prompt"] for m in shapes_geneval.load_prompts("main")][::63][:8]
+  sampler_cfg = sampler_lib.SamplerConfig.from_config(config.sampler,
+                                                      mask_id=system.denoiser.mask_id)
+  logits_fns = {}
+
+  def image_summaries(state, batch):
+    grid = tuple(batch["tokens"].shape[1:])
+    if grid not in logits_fns:
+      logits_fns[grid] = system.logits_fn(grid)
+    params = jax.device_get(nn.unbox(state.eval_params))
+    context = system.sampling_context(params, prompts)
+    tokens = jnp.full((len(prompts), *grid), system.denoiser.mask_id, jnp.int32)
+    out = sampler_lib.sample(logits_fns[grid], jax.random.key(0), tokens, sampler_cfg,
+                             context=context)
+    images = tokenizer.decode(out.tokens)
+    if jax.process_index() == 0:
+      os.makedirs(out_dir, exist_ok=True)
+      visualize.save_image_grid(os.path.join(out_dir, f"step_{int(state.step):06d}.png"),
+                                images, columns=4)
+    return {"samples": images}
+
+  return image_summaries
 
 
 def make_logits_fn(system: DenoiserSystem, params, prompts: list[str],

@@ -115,8 +115,9 @@ def run(config, workdir: str):
     batch_images = result["images"]
     if setup is not None:
       part = jax_tree_slice(setup, start, stop)
-      batch_images = generation.to_uint8(
-          editing.finish_edit(result["tokens"], lambda t: gen.decode(t) / 127.5 - 1.0, part))
+      # Both sides in uint8: the decoded region pasted into the original pixels.
+      batch_images = np.asarray(editing.finish_edit(result["tokens"], gen.decode, part),
+                                np.uint8)
     images.append(batch_images)
     if first is None:
       first = result

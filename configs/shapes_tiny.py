@@ -45,6 +45,8 @@ def get_config(arg=None):
   # Denoiser, text encoder, masking + edit corruption, GCE loss, training.
   c.update(denoiser_defaults.default_config())
   c.text.max_len = c.data.max_text_len
+  c.denoiser_train.num_steps = 1200  # sized so the whole pipeline fits ~15 min on 2 cores
+  c.denoiser_train.optim.warmup_steps = 100
 
   # Sampler (with token editing) and evaluations.
   c.sampler = sampler_defaults.default_config()

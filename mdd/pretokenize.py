@@ -27,19 +27,14 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from mdd import fileio
+
 MANIFEST = "manifest.json"
 _FORMAT_VERSION = 1
 
 
 def shard_path(directory: str, shard: int) -> str:
   return os.path.join(directory, f"shard-{shard:05d}.npz")
-
-
-def _write_json_atomic(path: str, payload: dict):
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def _check_or_write_manifest(directory: str, manifest: dict):
@@ -53,7 +48,7 @@ def _check_or_write_manifest(directory: str, manifest: dict):
       raise ValueError(f"{directory} holds token shards of another setting {changed} "
                        "(old, new); delete the folder or pick another workdir")
     return
-  _write_json_atomic(path, manifest)
+  fileio.write_json_atomic(path, manifest)
 
 
 def make_encode_fn(model):

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
+from mdd import fileio
 from mdd.models import quantizers
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -156,12 +157,7 @@ def run_eval(workdir: str, num_examples: int = 512, photos: bool = False,
   results = {f"shapes_{k}": v for k, v in evaluate_images(model, params, images).items()}
   if photos:
     results.update(photo_eval(model, params, resolutions))
-  path = os.path.join(workdir, "eval", "reconstruction.json")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(results, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  fileio.write_json_atomic(os.path.join(workdir, "eval", "reconstruction.json"), results)
   return results
 
 

@@ -8,7 +8,6 @@ can scan: shardings, state (fresh or restored), step, checkpoints, metrics, loop
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -22,6 +21,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from mdd import sharding as sharding_lib
+from mdd.fileio import write_json_atomic  # noqa: F401  (re-exported for the tasks)
 from mdd.train import metrics as metrics_lib
 
 
@@ -35,15 +35,6 @@ class Task:
   num_steps: int
   evaluate: Callable[[Any], dict[str, float]] | None = None
   image_summaries: Callable[[Any, dict], dict[str, np.ndarray]] | None = None
-
-
-def write_json_atomic(path: str, payload: dict):
-  """Writes JSON via a temporary file and a rename, so readers never see half a file."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def checkpoint_manager(directory: str, keep: int = 2, async_save: bool = True):

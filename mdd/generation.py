@@ -14,12 +14,11 @@ import dataclasses
 import os
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
+import optax
 
 from mdd import sampler as sampler_lib
 
@@ -32,25 +31,18 @@ def to_uint8(images) -> np.ndarray:
 
 def restore_denoiser_params(system, config, workdir: str):
   """EMA (else raw) parameters of the latest denoiser checkpoint, unboxed, on one device."""
-  from mdd.train import denoiser_task  # pylint: disable=import-outside-toplevel
+  from mdd.train import loop  # pylint: disable=import-outside-toplevel
   from mdd.train import state as state_lib  # pylint: disable=import-outside-toplevel
-  ckpt_dir = os.path.abspath(os.path.join(workdir, "denoiser", "checkpoints"))
-  manager = ocp.CheckpointManager(ckpt_dir) if os.path.isdir(ckpt_dir) else None
-  step = manager.latest_step() if manager is not None else None
-  if step is None:
-    raise FileNotFoundError(f"no denoiser checkpoint under {ckpt_dir} (run --config.mode=train "
-                            "first)")
-  train_cfg = config.denoiser_train
-  tx = state_lib.make_optimizer(denoiser_task._optim_config(train_cfg))  # pylint: disable=protected-access
-  ema_decay = float(train_cfg.get("ema_decay", 0.0))
-  init = lambda rng: state_lib.TrainState.create(system.init_params(rng), tx,  # noqa: E731
-                                                 ema_decay=ema_decay)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                        jax.eval_shape(init, jax.random.key(0)))
-  state = manager.restore(step, args=ocp.args.StandardRestore(target))
-  manager.close()
-  return nn.unbox(state.eval_params), int(step)
+  ema_decay = float(config.denoiser_train.get("ema_decay", 0.0))
+  # Only the shapes of params / EMA matter for the partial restore: any optimizer will do.
+  init = lambda rng: state_lib.TrainState.create(system.init_params(rng),  # noqa: E731
+                                                 optax.identity(), ema_decay=ema_decay)
+  ckpt_dir = os.path.join(workdir, "denoiser", "checkpoints")
+  try:
+    return loop.restore_eval_params(ckpt_dir, jax.eval_shape(init, jax.random.key(0)))
+  except FileNotFoundError:
+    raise FileNotFoundError(f"no denoiser checkpoint under {os.path.abspath(ckpt_dir)} (run "
+                            "--config.mode=train first)") from None
 
 
 @dataclasses.dataclass

@@ -69,6 +69,39 @@ def restore_or_init(task: Task, manager, mesh: Mesh, rules, rng: jax.Array):
   return state, shardings, 0
 
 
+def restore_eval_params(ckpt_dir: str, abstract_part, path: tuple[str, ...] = ()):
+  """(unboxed EMA-or-raw params, step) of the latest checkpoint in `ckpt_dir`, on one device.
+
+  `abstract_part` is the `eval_shape` of the train-state node holding `params` (and
+  `ema_params`, possibly None) found under the keys `path` of the saved state. A partial restore
+  reads only those arrays: the optimizer state and other bookkeeping are never loaded, so
+  sampling and evaluation do not depend on how the model was trained.
+  """
+  ckpt_dir = os.path.abspath(ckpt_dir)
+  step = None
+  if os.path.isdir(ckpt_dir):
+    with ocp.CheckpointManager(ckpt_dir) as manager:
+      step = manager.latest_step()
+  item_dir = os.path.join(ckpt_dir, str(step), "default")
+  if step is None or not os.path.isdir(item_dir):
+    raise FileNotFoundError(f"no checkpoint under {ckpt_dir}")
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  on_device = lambda tree: jax.tree.map(  # noqa: E731
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), tree)
+  target = {"params": on_device(abstract_part.params)}
+  if abstract_part.ema_params is not None:
+    target["ema_params"] = on_device(abstract_part.ema_params)
+  for key in reversed(path):
+    target = {key: target}
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    restored = checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+  for key in path:
+    restored = restored[key]
+  return nn.unbox(restored.get("ema_params", restored["params"])), int(step)
+
+
 def _check_finite(metrics: dict[str, float], step: int, name: str):
   bad = [k for k, v in metrics.items() if not math.isfinite(v)]
   if bad:

@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from mdd import neighbours as neighbours_lib
 from mdd import sharding as sharding_lib
@@ -368,33 +367,16 @@ def load_exported(directory: str):
   """(Tokenizer module, unboxed eval params, NeighbourTable or None) from DIR/tokenizer."""
   config = load_exported_config(directory)
   tok_dir = tokenizer_dir(directory)
-  ckpt_dir = os.path.abspath(os.path.join(tok_dir, "checkpoints"))
   model, disc = build_models(config.tokenizer)
   height, width = image_shape(config)
   init_state = make_init_state(model, disc, config.tokenizer, height, width)
-  manager = ocp.CheckpointManager(ckpt_dir) if os.path.isdir(ckpt_dir) else None
-  latest = manager.latest_step() if manager is not None else None
-  if manager is not None:
-    manager.close()
-  item_dir = os.path.join(ckpt_dir, str(latest), "default")
-  if latest is None or not os.path.isdir(item_dir):
-    raise FileNotFoundError(f"no tokenizer checkpoint under {ckpt_dir}")
-  # Only the generator's params (and EMA) are read: a partial restore does not depend on the
-  # optimizer, the discriminator or the bookkeeping arrays of the train state.
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  # Only the generator's params (and EMA): not the optimizer, discriminator or bookkeeping.
   abstract = jax.eval_shape(init_state, jax.random.key(0)).generator
-  on_device = lambda tree: jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), tree)
-  target = {"params": on_device(abstract.params)}
-  if abstract.ema_params is not None:
-    target["ema_params"] = on_device(abstract.ema_params)
-  target = {"generator": target}
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    restored = checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True))
-  generator = restored["generator"]
-  params = nn.unbox(generator.get("ema_params", generator["params"]))
+  try:
+    params, _ = loop_lib.restore_eval_params(os.path.join(tok_dir, "checkpoints"), abstract,
+                                             path=("generator",))
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"no tokenizer checkpoint: {e}") from None
   table_path = os.path.join(tok_dir, tokenizer_lib.NEIGHBOURS_FILE)
   table = neighbours_lib.load_table(table_path) if os.path.exists(table_path) else None
   return model, params, table

@@ -265,22 +265,22 @@ def _photo(rng: np.random.Generator, phrase: str) -> str:
   return _choice(rng, fitting).format(phrase)
 
 
-def _single_object(rng, heldout):
+def _color_and_shape(rng, heldout):
+  """One (colour, shape): a held-out pair, or a shape with one of its training colours."""
   if heldout:
-    color, shape = _choice(rng, palette.HELDOUT_COLOR_SHAPE)
-  else:
-    shape = _choice(rng, palette.SHAPES)
-    color = _choice(rng, _train_colors(shape))
+    return _choice(rng, palette.HELDOUT_COLOR_SHAPE)
+  shape = _choice(rng, palette.SHAPES)
+  return _choice(rng, _train_colors(shape)), shape
+
+
+def _single_object(rng, heldout):
+  color, shape = _color_and_shape(rng, heldout)
   caption = _photo(rng, _noun_phrase(shape))
   return [(shape, color)], [], [{"class": shape, "count": 1}], [], caption
 
 
 def _colors(rng, heldout):
-  if heldout:
-    color, shape = _choice(rng, palette.HELDOUT_COLOR_SHAPE)
-  else:
-    shape = _choice(rng, palette.SHAPES)
-    color = _choice(rng, _train_colors(shape))
+  color, shape = _color_and_shape(rng, heldout)
   template = _choice(rng, ("a photo of {np}", "{np}", "an image of {np}", "a {shape} that is {c}",
                            "a {shape} coloured {c}", "{np} on a grey background"))
   caption = template.format(np=_noun_phrase(shape, color), shape=shape, c=color)

@@ -9,12 +9,14 @@ seed `seed + 4 * i + j`.
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-GenerateFn = Callable[[Sequence[str], Sequence[int]], np.ndarray]
+from mdd.eval import geneval_layout
+
+GenerateFn = geneval_layout.GenerateFn
 GRID = 2  # 2 x 2 samples per prompt
 SAMPLES_PER_PROMPT = GRID * GRID
 
@@ -57,26 +59,13 @@ def split_grid(grid: np.ndarray) -> np.ndarray:
 def generate_grids(generate_fn: GenerateFn, prompts_dir: str, outdir: str,
                    batch_size: int = 64, seed: int = 0) -> list[str]:
   """Writes `outdir/<name>.png` for every prompt file; skips grids already written."""
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   prompts = read_prompt_files(prompts_dir)
   os.makedirs(outdir, exist_ok=True)
   paths = [os.path.join(outdir, f"{name}.png") for name, _ in prompts]
-  jobs = [(i, j) for i, path in enumerate(paths) if not os.path.isfile(path)
-          for j in range(SAMPLES_PER_PROMPT)]
-  pending: dict[int, list] = {}
-  with tqdm(total=len(jobs), desc="DPG-Bench", unit="img", leave=False) as progress:
-    for start in range(0, len(jobs), batch_size):
-      chunk = jobs[start:start + batch_size]
-      images = np.asarray(generate_fn([prompts[i][1] for i, _ in chunk],
-                                      [seed + SAMPLES_PER_PROMPT * i + j for i, j in chunk]))
-      if images.shape[0] != len(chunk):
-        raise ValueError(f"generate_fn returned {images.shape[0]} images for {len(chunk)} "
-                         "prompts")
-      for (i, j), image in zip(chunk, images):
-        pending.setdefault(i, [None] * SAMPLES_PER_PROMPT)[j] = image
-        if all(im is not None for im in pending[i]):
-          Image.fromarray(make_grid(pending.pop(i))).save(paths[i])
-      progress.update(len(chunk))
+  todo = [i for i, path in enumerate(paths) if not os.path.isfile(path)]
+  geneval_layout.generate_per_prompt(
+      generate_fn, [text for _, text in prompts], todo, SAMPLES_PER_PROMPT, batch_size, seed,
+      lambda i, images: Image.fromarray(make_grid(images)).save(paths[i]), "DPG-Bench")
   return paths

@@ -60,7 +60,6 @@ def generate_layout(generate_fn: GenerateFn, metadata: Sequence[dict], outdir: s
   `generate_fn(prompts, seeds) -> uint8 [B, H, W, 3]` gets up to `batch_size` (prompt, seed)
   pairs per call, in order. Returns `outdir`.
   """
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   if images_per_prompt < 1 or batch_size < 1:
     raise ValueError(f"images_per_prompt and batch_size must be >= 1, got "
                      f"{images_per_prompt}, {batch_size}")
@@ -68,23 +67,37 @@ def generate_layout(generate_fn: GenerateFn, metadata: Sequence[dict], outdir: s
     if "prompt" not in entry:
       raise ValueError(f"metadata line {i} has no 'prompt': {entry!r}")
   todo = [i for i in range(len(metadata)) if not _is_complete(outdir, i, images_per_prompt)]
+  generate_per_prompt(generate_fn, [m["prompt"] for m in metadata], todo, images_per_prompt,
+                      batch_size, seed,
+                      lambda i, images: write_prompt(outdir, i, metadata[i], images), desc)
+  return outdir
+
+
+def generate_per_prompt(generate_fn: GenerateFn, prompts: Sequence[str], todo: Sequence[int],
+                        images_per_prompt: int, batch_size: int, seed: int,
+                        on_complete: Callable[[int, list], None], desc: str) -> None:
+  """Samples `images_per_prompt` images of each prompt index in `todo`, batched across prompts.
+
+  Sample j of prompt i uses seed `seed + i * images_per_prompt + j`, so outputs do not depend on
+  the batch size or on which prompts were already done. `on_complete(i, images)` is called as
+  soon as all samples of prompt i are in.
+  """
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   jobs = [(i, j) for i in todo for j in range(images_per_prompt)]
   pending: dict[int, list] = {}
   with tqdm(total=len(jobs), desc=desc, unit="img", leave=False) as progress:
     for start in range(0, len(jobs), batch_size):
       chunk = jobs[start:start + batch_size]
-      prompts = [metadata[i]["prompt"] for i, _ in chunk]
-      seeds = [seed + i * images_per_prompt + j for i, j in chunk]
-      images = np.asarray(generate_fn(prompts, seeds))
+      images = np.asarray(generate_fn([prompts[i] for i, _ in chunk],
+                                      [seed + i * images_per_prompt + j for i, j in chunk]))
       if images.shape[0] != len(chunk):
         raise ValueError(f"generate_fn returned {images.shape[0]} images for {len(chunk)} "
                          "prompts")
       for (i, j), image in zip(chunk, images):
         pending.setdefault(i, [None] * images_per_prompt)[j] = image
         if all(im is not None for im in pending[i]):
-          write_prompt(outdir, i, metadata[i], pending.pop(i))
+          on_complete(i, pending.pop(i))
       progress.update(len(chunk))
-  return outdir
 
 
 def read_layout(outdir: str) -> list[dict]:

@@ -5,6 +5,8 @@ Run on the GPU machine (the peers need torch, triton and the `cut-cross-entropy`
 
   python -m pallas_kernels.bench.gce --points=target --out=benchmarks/gce_h200.json
   python -m pallas_kernels.bench.gce --points=sweep --skip_tuning --out=...
+  python -m pallas_kernels.bench.gce --profile --jax_impls=pallas_gpu,chunked --reps=3 \
+      --out=...   # per-kernel device time of one fwd+bwd at the target (profiler trace)
 
 What it measures, per point (N, D, V, K), bf16 inputs, soft GCE with ce_mix=0:
 - median forward and forward+backward wall time (device-synchronised, after warm-up);
@@ -315,6 +317,59 @@ def run_check(impl: str, interpret: bool = False, log=print) -> bool:
   return ok
 
 
+def _trace_kernel_times(trace_dir: str) -> dict[str, float]:
+  """Device-kernel time (ms) by kernel name from the Perfetto trace jax.profiler wrote."""
+  import glob
+  import gzip
+  paths = sorted(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"),
+                           recursive=True))
+  if not paths:
+    raise FileNotFoundError(f"no perfetto_trace.json.gz under {trace_dir}")
+  with gzip.open(paths[-1], "rt") as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  names = {e["pid"]: e.get("args", {}).get("name", "") for e in events
+           if e.get("ph") == "M" and e.get("name") == "process_name"}
+  device_pids = {pid for pid, name in names.items()
+                 if "/device:GPU" in name or "/device:TPU" in name}
+  if not device_pids:
+    raise ValueError(f"no device process in the trace; processes: {sorted(names.values())}")
+  totals: dict[str, float] = {}
+  for e in events:
+    if e.get("ph") == "X" and e.get("pid") in device_pids and "dur" in e:
+      totals[e["name"]] = totals.get(e["name"], 0.0) + e["dur"] / 1e3
+  return totals
+
+
+def run_profile(point, impls, reps, log, gpu_blocks=None):
+  """Per-kernel device time of one forward+backward at `point`, from a profiler trace."""
+  import tempfile
+  import jax
+  import jax.numpy as jnp
+  from pallas_kernels.gce import fused_gce
+  n, d, v, k = point
+  x, w, labels, nbr, nw = _jax_inputs(n, d, v, k, seed=0, dtype=jnp.bfloat16)
+  results = dict(point=dict(N=n, D=d, V=v, K=k), reps=reps, impls={})
+  for impl in impls:
+    blocks = dict(gpu_blocks or {}) if impl == "pallas_gpu" else {}
+    grad_fn = jax.jit(jax.value_and_grad(lambda x, w, impl=impl, blocks=blocks: fused_gce(
+        x, w, labels, nbr, nw, impl=impl, **blocks).sum(), argnums=(0, 1)))
+    jax.block_until_ready(grad_fn(x, w))
+    with tempfile.TemporaryDirectory() as trace_dir:
+      with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        for _ in range(reps):
+          out = grad_fn(x, w)
+        jax.block_until_ready(out)
+      totals = _trace_kernel_times(trace_dir)
+    per_step = {name: ms / reps for name, ms in totals.items()}
+    top = sorted(per_step.items(), key=lambda kv: -kv[1])
+    row = dict(impl=impl, device_ms_per_step=sum(per_step.values()),
+               kernels=[dict(name=name[:160], ms=ms) for name, ms in top[:25]])
+    log(row)
+    results["impls"][impl] = row
+  return results
+
+
 # ------------------------------------------------------------------------------------------------
 # Torch part: the same loss (CE + gathered group correction) with CCE and Liger.
 
@@ -474,7 +529,7 @@ def _points(name):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--points", default="target")
-  parser.add_argument("--part", default="all", choices=("all", "jax", "torch"))
+  parser.add_argument("--part", default="all", choices=("all", "jax", "torch", "none"))
   parser.add_argument("--jax_impls", default="pallas_gpu,chunked,xla")
   parser.add_argument("--torch_impls", default="cce,cce_exact,liger")
   parser.add_argument("--reps", type=int, default=10)
@@ -483,6 +538,8 @@ def main(argv=None):
   parser.add_argument("--no_grad_errors", action="store_true")
   parser.add_argument("--interpret", action="store_true", help="CPU dry run of the kernels")
   parser.add_argument("--check", default="", help="impl to check vs the float64 reference")
+  parser.add_argument("--profile", action="store_true",
+                      help="per-kernel device times of fwd+bwd at the first point (trace)")
   parser.add_argument("--out", default="benchmarks/gce_bench.json")
   parser.add_argument("--log", default="")
   args = parser.parse_args(argv)
@@ -491,6 +548,10 @@ def main(argv=None):
   points = _points(args.points)
   log = _log_to(args.log)
   results = {}
+  if args.profile:
+    results["profile"] = run_profile(points[0], args.jax_impls.split(","), args.reps, log,
+                                     json.loads(args.blocks) if args.blocks else None)
+    args.part = "none"
   if args.part in ("all", "jax"):
     jax_results = run_jax(points, args.reps, args.jax_impls.split(","), not args.skip_tuning,
                           not args.no_grad_errors, log,

@@ -26,8 +26,10 @@ EXTRAS = {
     # Builds TFDS datasets and writes TensorBoard summaries on the CPU set-up.
     "tf": ["tensorflow-cpu>=2.16", "tensorboard>=2.16", "importlib_resources"],
     "test": ["pytest>=8", "scikit-image>=0.22"],
+    # Plots of the ablation report (python -m mdd.experiments.ablate --report=...).
+    "report": ["matplotlib>=3.8"],
 }
-EXTRAS["cpu"] = EXTRAS["tf"] + EXTRAS["test"]
+EXTRAS["cpu"] = EXTRAS["tf"] + EXTRAS["test"] + EXTRAS["report"]
 
 setuptools.setup(
     name="mdd",

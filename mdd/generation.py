@@ -11,6 +11,7 @@ the batch it is generated in.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -122,6 +123,11 @@ class Generator:
                                     sampler_cfg=cfg)["images"])
       return np.concatenate(images, axis=0)
 
+    # What the images depend on: evaluation layouts compare it with the one they were written
+    # with and regenerate instead of resuming when the checkpoint or sampler settings changed.
+    generate_fn.fingerprint = {"denoiser_step": int(self.step),
+                               "sampler": json.loads(json.dumps(dataclasses.asdict(cfg),
+                                                                default=str))}
     return generate_fn
 
 

@@ -88,6 +88,27 @@ def test_geneval_layout_written_and_read_back(tmp_path):
   assert _files(out) == _files(str(tmp_path / "b"))
 
 
+def test_geneval_layout_regenerates_when_the_generator_changed(tmp_path):
+  out = str(tmp_path / "a")
+  first = _FakeGenerator()
+  first.fingerprint = {"denoiser_step": 100, "sampler": {"temperature": 1.0}}
+  geneval_layout.generate_layout(first, _METADATA, out, images_per_prompt=1, seed=0)
+  assert len(first.calls) == 1
+  # Same fingerprint: resumed, nothing generated.
+  same = _FakeGenerator()
+  same.fingerprint = dict(first.fingerprint)
+  geneval_layout.generate_layout(same, _METADATA, out, images_per_prompt=1, seed=0)
+  assert same.calls == []
+  # Other sampler settings: every prompt is generated again, the record is updated.
+  changed = _FakeGenerator()
+  changed.fingerprint = {"denoiser_step": 100, "sampler": {"temperature": 0.5}}
+  geneval_layout.generate_layout(changed, _METADATA, out, images_per_prompt=1, seed=0)
+  assert len(changed.calls) == 1 and len(changed.calls[0][0]) == len(_METADATA)
+  with open(os.path.join(out, geneval_layout.FINGERPRINT_FILE)) as f:
+    assert json.load(f) == changed.fingerprint
+  assert [e["index"] for e in geneval_layout.read_layout(out)] == list(range(len(_METADATA)))
+
+
 def test_geneval_layout_errors(tmp_path):
   with pytest.raises(ValueError, match="returned 1 images for 2"):
     geneval_layout.generate_layout(lambda p, s: np.zeros((1, 8, 8, 3), np.uint8),

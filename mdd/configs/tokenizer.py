@@ -25,6 +25,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.variant = "tiny"          # size by name: micro | tiny | S | B | L (models/tokenizer.py)
   c.model.downsample_factor = 4     # f: 4, 8 or 16 (token grid = image / f)
+  c.model.encoder = "conv"          # conv (VQGAN ResNet) | patch (each token sees its patch only)
+  c.model.patch_depth = 2           # residual per-position MLPs of the patch encoder
   c.model.quantizer = "vq"          # vq | fsq
   c.model.vocab_size = 1024         # VQ codebook size V (FSQ: prod(fsq_levels))
   c.model.code_dim = 8              # VQ code dimension (L2-normalised, factorised projection)

@@ -8,14 +8,19 @@ For the i-th line of an `evaluation_metadata.jsonl`:
 This is what GenEval's own `evaluation/evaluate_images.py OUT` reads (on a machine with its
 detector), and what `mdd.eval.shapes_geneval.score_layout` scores offline. Sample j of prompt i
 is generated with seed `seed + i * images_per_prompt + j`, so a layout does not depend on the
-batch size, and an interrupted run resumes at the first incomplete prompt folder.
+batch size, and an interrupted run resumes at the first incomplete prompt folder. A
+`generate_fn` may carry a `fingerprint` (a JSON-able dict of what its images depend on: checkpoint
+step, sampler settings); it is kept in OUT/generator.json, and a layout written with another
+fingerprint is cleared and regenerated instead of resumed.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import shutil
 from typing import Callable, Sequence
 
 import numpy as np
@@ -66,11 +71,38 @@ def generate_layout(generate_fn: GenerateFn, metadata: Sequence[dict], outdir: s
   for i, entry in enumerate(metadata):
     if "prompt" not in entry:
       raise ValueError(f"metadata line {i} has no 'prompt': {entry!r}")
+  _check_fingerprint(outdir, getattr(generate_fn, "fingerprint", None))
   todo = [i for i in range(len(metadata)) if not _is_complete(outdir, i, images_per_prompt)]
   generate_per_prompt(generate_fn, [m["prompt"] for m in metadata], todo, images_per_prompt,
                       batch_size, seed,
                       lambda i, images: write_prompt(outdir, i, metadata[i], images), desc)
   return outdir
+
+
+FINGERPRINT_FILE = "generator.json"
+
+
+def _check_fingerprint(outdir: str, fingerprint: dict | None) -> None:
+  """Clears prompt folders written by another generator setting; records the current one."""
+  if fingerprint is None:
+    return
+  path = os.path.join(outdir, FINGERPRINT_FILE)
+  previous = None
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      previous = json.load(f)
+  stale = [name for name in (os.listdir(outdir) if os.path.isdir(outdir) else [])
+           if _FOLDER.match(name)]
+  if stale and previous != fingerprint:
+    logging.warning("%s: images were made with other settings (%s); regenerating %d prompts",
+                    outdir, "unknown" if previous is None else "changed", len(stale))
+    for name in stale:
+      shutil.rmtree(os.path.join(outdir, name))
+  os.makedirs(outdir, exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(fingerprint, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
 
 
 def generate_per_prompt(generate_fn: GenerateFn, prompts: Sequence[str], todo: Sequence[int],

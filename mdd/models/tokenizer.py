@@ -144,6 +144,46 @@ class Encoder(nn.Module):
     return _conv(self.z_channels, dtype=self.dtype, name="conv_out")(h)
 
 
+class PatchEncoder(nn.Module):
+  """Images [B, H, W, 3] -> features [B, H/f, W/f, z_channels], each from its own f x f patch.
+
+  A stride-f patchify followed by per-position residual MLPs with LayerNorm (no GroupNorm, no
+  spatial kernels), so a token depends on its patch alone: identical patches get identical
+  codes wherever they are (flat backgrounds are one code, not one per neighbourhood), which
+  makes the token grid far easier to model at small scale. The decoder stays convolutional.
+  """
+  patch: int
+  width: int
+  depth: int
+  z_channels: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    f = self.patch
+    h = nn.Conv(self.width, (f, f), strides=(f, f), padding="VALID", dtype=self.dtype,
+                name="patchify",
+                kernel_init=nn.with_logical_partitioning(
+                    nn.initializers.lecun_normal(), (None, None, "conv_in", "conv_out")),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))(
+                    x.astype(self.dtype))
+    for i in range(self.depth):
+      y = _layer_norm(f"block{i}_norm", self.dtype)(h)
+      y = _conv(2 * self.width, kernel=1, dtype=self.dtype, name=f"block{i}_in")(y)
+      y = _conv(self.width, kernel=1, dtype=self.dtype, name=f"block{i}_out",
+                zero_init=True)(nn.swish(y))
+      h = h + y
+    h = nn.swish(_layer_norm("norm_out", self.dtype)(h))
+    return _conv(self.z_channels, kernel=1, dtype=self.dtype, name="conv_out")(h)
+
+
+def _layer_norm(name: str, dtype: Any) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      dtype=dtype, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("conv_out",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
+
+
 class Decoder(nn.Module):
   """Features [B, h, w, z_channels] -> images [B, h*f, w*f, 3] (float, about [-1, 1])."""
   channels: Sequence[int]
@@ -192,6 +232,9 @@ class Tokenizer(nn.Module):
     num_res_blocks: ResNet blocks per level (the decoder uses one more, as VQGAN).
     z_channels: width of the encoder output / decoder input.
     attention: self-attention at the lowest resolution.
+    encoder_kind: "conv" (the VQGAN ResNet stack) or "patch" (`PatchEncoder`: each token sees only
+      its own f x f patch; `channels[-1]` wide, `patch_depth` residual MLPs).
+    patch_depth: residual MLP blocks of the patch encoder.
     quantizer: "vq" or "fsq".
     vocab_size: VQ codebook size (ignored by FSQ, whose size is prod(fsq_levels)).
     code_dim: VQ code dimension.
@@ -204,6 +247,8 @@ class Tokenizer(nn.Module):
   num_res_blocks: int = 1
   z_channels: int = 64
   attention: bool = False
+  encoder_kind: str = "conv"
+  patch_depth: int = 2
   quantizer: str = "vq"
   vocab_size: int = 1024
   code_dim: int = 8
@@ -218,8 +263,15 @@ class Tokenizer(nn.Module):
   def setup(self):
     if len(self.channels) < 2:
       raise ValueError(f"Tokenizer: need at least 2 levels of channels, got {self.channels}")
-    self.encoder = Encoder(self.channels, self.num_res_blocks, self.z_channels, self.attention,
-                           self.dtype)
+    if self.encoder_kind == "conv":
+      self.encoder = Encoder(self.channels, self.num_res_blocks, self.z_channels,
+                                 self.attention, self.dtype)
+    elif self.encoder_kind == "patch":
+      self.encoder = PatchEncoder(self.downsample_factor, self.channels[-1],
+                                      self.patch_depth, self.z_channels, self.dtype)
+    else:
+      raise ValueError(
+          f"Tokenizer: encoder must be 'conv' or 'patch', got {self.encoder_kind!r}")
     if self.quantizer == "vq":
       self.quant = quantizers.VectorQuantizer(
           vocab_size=self.vocab_size, code_dim=self.code_dim, out_features=self.z_channels,
@@ -291,6 +343,8 @@ def tokenizer_from_config(cfg) -> Tokenizer:
   return Tokenizer(
       channels=channels, num_res_blocks=int(spec["num_res_blocks"]),
       z_channels=int(spec["z_channels"]), attention=attention,
+      encoder_kind=str(model.get("encoder", "conv")),
+      patch_depth=int(model.get("patch_depth", 2)),
       quantizer=model.quantizer, vocab_size=int(model.vocab_size), code_dim=int(model.code_dim),
       fsq_levels=tuple(int(v) for v in model.fsq_levels),
       commitment_cost=float(model.commitment_cost), codebook_cost=float(model.codebook_cost),

@@ -1,0 +1,391 @@
+r"""The ablations of the paper's claims (issue 8), end to end, and their report.
+
+  python -m mdd.experiments.ablate --config=configs/shapes_tiny.py:v14 --workdir=DIR \
+      [--studies=loss,sampler,policy,heldout] [--seeds=0,1,2] [--parallel=N] [--gpus=N] \
+      [--set denoiser_train.num_steps=600 ...]
+  python -m mdd.experiments.ablate --report=DIR/ablate.json --out=docs/results.md
+
+What runs (every run is a `python -m mdd.main` subprocess on its own workdir, so runs are
+isolated, resumable and can go side by side, one GPU each with `--gpus`):
+  base     DIR/base: train the tokenizer and pretokenize once; every run below links to it.
+  loss     DIR/loss/<variant>_s<seed>: train the denoiser from scratch per loss variant and seed
+           (equal steps), held-out masked / group accuracy every `--eval_every` steps, then
+           ShapeGenEval with the config's sampler.
+  sampler  on the models of the config's own loss: editing off / on (thresholds, window,
+           post-fill passes) / ReMDM re-masking at 4, 8, 16 and 32 steps; edits per step.
+  policy   unmask policies (confidence, stratified, entropy-bounded) and guidance scales.
+  heldout  the best sampler setting found above on the held-out compositional prompts.
+Every evaluation result lands in DIR/ablate.json (rewritten atomically after each run, so a
+killed ablation resumes where it stopped); `--report` turns it into markdown tables and PNG
+plots. Seeds are training seeds: each seed is its own trained denoiser, and ShapeGenEval uses
+the same prompt seeds for all of them, so the spread is the spread over training runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+from mdd import fileio
+
+LOSS_VARIANTS: dict[str, dict[str, Any]] = {
+    "ce": {"loss.type": "ce", "loss.ce_mix": 0.0},
+    "gce_soft": {"loss.type": "gce", "loss.mode": "soft", "loss.ce_mix": 0.0},
+    "gce_marginal": {"loss.type": "gce", "loss.mode": "marginal", "loss.ce_mix": 0.0},
+    "gce_soft_ce_mix": {"loss.type": "gce", "loss.mode": "soft", "loss.ce_mix": 0.1},
+}
+NO_EDIT = {"edit_threshold": 1.0, "num_edit_passes": 0}
+STEPS = (4, 8, 16, 32)
+
+
+def sampler_variants(steps: Sequence[int] = STEPS) -> dict[str, dict[str, Any]]:
+  """name -> sampler overrides of the editing study."""
+  out = {}
+  for s in steps:
+    out[f"no_edit@{s}"] = dict(NO_EDIT, num_steps=s)
+    out[f"edit_t0.9@{s}"] = dict(num_steps=s, edit_threshold=0.9)
+    out[f"edit_t0.5@{s}"] = dict(num_steps=s, edit_threshold=0.5)
+    out[f"remdm@{s}"] = dict(NO_EDIT, num_steps=s, remask_policy="remdm")
+  out["edit_t0.5_late_window@16"] = dict(num_steps=16, edit_threshold=0.5, edit_start_step=8)
+  out["edit_t0.5_no_passes@16"] = dict(num_steps=16, edit_threshold=0.5, num_edit_passes=0)
+  out["edit_t0.5_4_passes@16"] = dict(num_steps=16, edit_threshold=0.5, num_edit_passes=4)
+  return out
+
+
+def policy_variants() -> dict[str, dict[str, Any]]:
+  """name -> sampler overrides of the unmask-policy and guidance study (16 steps)."""
+  out = {f"policy_{p}": {"num_steps": 16, "unmask_policy": p}
+         for p in ("confidence", "stratified", "entropy")}
+  for w in (1.0, 2.0, 4.0):
+    out[f"guidance_{w:g}"] = {"num_steps": 16, "guidance_scale": w}
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Running.
+
+
+def _main_cmd(config: str, workdir: str, overrides: dict[str, Any]) -> list[str]:
+  cmd = [sys.executable, "-m", "mdd.main", f"--config={config}", f"--workdir={workdir}"]
+  for key, value in overrides.items():
+    if isinstance(value, (tuple, list)):
+      value = ",".join(str(v) for v in value)
+    cmd.append(f"--config.{key}={value}")
+  return cmd
+
+
+class Runner:
+  """Runs commands, at most `parallel` at a time, GPUs handed out round-robin by slot."""
+
+  def __init__(self, parallel: int, gpus: int, logdir: str):
+    self.parallel, self.gpus, self.logdir = max(1, parallel), gpus, logdir
+    os.makedirs(logdir, exist_ok=True)
+
+  def run_all(self, jobs: list[tuple[str, list[str]]]) -> dict[str, int]:
+    """jobs: (name, argv); returns name -> exit status. Logs go to LOGDIR/<name>.log."""
+    results = {}
+    slots = list(range(self.parallel))
+
+    def run_one(job, slot):
+      name, argv = job
+      env = dict(os.environ)
+      if self.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
+        per_gpu = -(-self.parallel // self.gpus)
+        env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / per_gpu:.2f}")
+      start = time.time()
+      with open(os.path.join(self.logdir, name.replace("/", "_") + ".log"), "w") as log:
+        status = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                check=False).returncode
+      print(f"[ablate] {name}: exit {status} in {time.time() - start:.0f}s", flush=True)
+      return status
+
+    with concurrent.futures.ThreadPoolExecutor(self.parallel) as pool:
+      pending = {}
+      for i, job in enumerate(jobs):
+        pending[pool.submit(run_one, job, slots[i % len(slots)])] = job[0]
+      for future in concurrent.futures.as_completed(pending):
+        results[pending[future]] = future.result()
+    return results
+
+
+def _link_base(run_dir: str, base: str):
+  os.makedirs(run_dir, exist_ok=True)
+  for part in ("tokenizer", "tokens"):
+    link = os.path.join(run_dir, part)
+    if not os.path.lexists(link):
+      os.symlink(os.path.relpath(os.path.join(base, part), run_dir), link)
+
+
+def _read_json(path: str, default=None):
+  if not os.path.exists(path):
+    return default
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _curve(run_dir: str) -> list[dict]:
+  """Held-out eval scalars and train loss over steps from the run's metrics.jsonl."""
+  path = os.path.join(run_dir, "denoiser", "metrics.jsonl")
+  rows = []
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        row = json.loads(line)
+        keep = {k: v for k, v in row.items()
+                if k in ("step", "loss") or k in ("eval/masked_acc", "eval/group_acc",
+                                                  "eval/loss")}
+        if len(keep) > 1:
+          rows.append(keep)
+  return rows
+
+
+def eval_one(run_dir: str, out_dir: str, overrides: dict[str, Any], which: str,
+             images_per_prompt: int, batch_size: int) -> dict:
+  """ShapeGenEval of the run's denoiser with sampler `overrides`; returns the summary."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from mdd import generation  # pylint: disable=import-outside-toplevel
+  from mdd.eval import shapes_geneval  # pylint: disable=import-outside-toplevel
+  gen = generation.Generator.from_workdir(run_dir)
+  cfg = gen.sampler_config(**overrides)
+  edits, unmasked, calls = None, None, 0
+
+  def generate_fn(prompts, seeds):
+    nonlocal edits, unmasked, calls
+    out = gen.generate(list(prompts), list(seeds), sampler_cfg=cfg)
+    stats = out["output"].stats
+    e = np.asarray(stats["num_edited"]).sum(axis=1) + np.asarray(stats["num_remasked"]).sum(1)
+    u = np.asarray(stats["num_unmasked"]).sum(axis=1)
+    edits = e if edits is None else edits + e
+    unmasked = u if unmasked is None else unmasked + u
+    calls += len(prompts)
+    return out["images"]
+
+  generate_fn.fingerprint = {"denoiser_step": int(gen.step), "sampler": overrides}
+  result = shapes_geneval.run(generate_fn, out_dir, images_per_prompt=images_per_prompt,
+                              which=which, batch_size=batch_size)
+  summary = {"overall": result["overall"], "tags": result["tags"],
+             "num_images": result["num_images"], "denoiser_step": int(gen.step)}
+  if calls:
+    summary["edits_per_step"] = (edits / calls).tolist()   # per image, edits + re-masks
+    summary["unmasked_per_step"] = (unmasked / calls).tolist()
+  fileio.write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
+  return summary
+
+
+class Ablation:
+  """Plans, runs and records the studies; results in DIR/ablate.json."""
+
+  def __init__(self, args):
+    self.args = args
+    self.workdir = os.path.abspath(args.workdir)
+    self.base = os.path.join(self.workdir, "base")
+    self.results_path = os.path.join(self.workdir, "ablate.json")
+    self.overrides = dict(_parse_set(s) for s in args.set)
+    self.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    self.runner = Runner(args.parallel, args.gpus, os.path.join(self.workdir, "logs"))
+    self.results = _read_json(self.results_path, {}) or {}
+    self.results.update(config=args.config, overrides=self.overrides, seeds=self.seeds)
+    self.results.setdefault("runs", {})
+    self.results.setdefault("evals", {})
+
+  def save(self):
+    fileio.write_json_atomic(self.results_path, self.results)
+
+  def _config_overrides(self) -> dict[str, Any]:
+    out = {"eval.shapes_geneval.images_per_prompt": self.args.images_per_prompt}
+    out.update(self.overrides)
+    return out
+
+  def prepare_base(self):
+    cmd = _main_cmd(self.args.config, self.base, dict(
+        self._config_overrides(), pipeline_stages="train_tokenizer,pretokenize"))
+    status = self.runner.run_all([("base", cmd)])["base"]
+    if status:
+      raise SystemExit(f"ablate: the tokenizer stage failed (exit {status}); see "
+                       f"{self.runner.logdir}/base.log")
+    self.results["tokenizer"] = _read_json(os.path.join(self.base, "tokenizer", "eval.json"))
+    self.save()
+
+  def loss_study(self, variants: Sequence[str]):
+    jobs = []
+    for variant in variants:
+      for seed in self.seeds:
+        name = f"loss/{variant}_s{seed}"
+        run_dir = os.path.join(self.workdir, name)
+        _link_base(run_dir, self.base)
+        over = dict(self._config_overrides(), pipeline_stages="train,eval", seed=seed)
+        over["denoiser_train.eval_every"] = self.args.eval_every
+        over.update(LOSS_VARIANTS[variant])
+        jobs.append((name, _main_cmd(self.args.config, run_dir, over)))
+    statuses = self.runner.run_all(jobs)
+    for name, status in statuses.items():
+      run_dir = os.path.join(self.workdir, name)
+      variant, seed = name.split("/")[1].rsplit("_s", 1)
+      geneval = _read_json(os.path.join(run_dir, "eval", "shapes_geneval.json"), {})
+      self.results["runs"][name] = dict(
+          variant=variant, seed=int(seed), status=status,
+          final=_read_json(os.path.join(run_dir, "denoiser", "eval.json")),
+          curve=_curve(run_dir),
+          shapes_geneval={k: geneval.get(k) for k in ("overall", "tags", "num_images")})
+    self.save()
+
+  def default_loss_variant(self) -> str:
+    """The LOSS_VARIANTS entry matching the config's own loss (the sampler studies' model)."""
+    loss = load_config(self.args.config, self.overrides).loss
+    for name, spec in LOSS_VARIANTS.items():
+      if (spec["loss.type"] == loss.type and spec["loss.ce_mix"] == float(loss.ce_mix)
+          and spec.get("loss.mode", loss.mode) == loss.mode):
+        return name
+    return "gce_soft_ce_mix"
+
+  def sampler_study(self, study: str, variants: dict[str, dict[str, Any]], which: str = "main"):
+    model = self.default_loss_variant()
+    jobs = []
+    for seed in self.seeds:
+      run_dir = os.path.join(self.workdir, "loss", f"{model}_s{seed}")
+      if not os.path.exists(os.path.join(run_dir, "config.json")):
+        raise SystemExit(f"ablate: {run_dir} is not trained; run the loss study first")
+      for name, over in variants.items():
+        key = f"{study}/{name}/s{seed}"
+        out_dir = os.path.join(self.workdir, "evals", study, name.replace("@", "_at"),
+                               f"s{seed}")
+        argv = [sys.executable, "-m", "mdd.experiments.ablate", "--eval_run", run_dir,
+                "--eval_out", out_dir, "--eval_overrides", json.dumps(over),
+                "--eval_which", which, "--images_per_prompt", str(self.args.images_per_prompt),
+                "--eval_batch_size", str(self.args.eval_batch_size)]
+        jobs.append((key, argv, out_dir, name, seed, over))
+    statuses = self.runner.run_all([(j[0], j[1]) for j in jobs])
+    for key, _, out_dir, name, seed, over in jobs:
+      summary = _read_json(os.path.join(out_dir, "summary.json"))
+      self.results["evals"][key] = dict(study=study, variant=name, seed=seed, overrides=over,
+                                        which=which, status=statuses[key], summary=summary)
+    self.save()
+
+  def best_setting(self) -> tuple[str, dict[str, Any]]:
+    """The sampler/policy variant with the best mean ShapeGenEval over seeds."""
+    means = {}
+    for row in self.results["evals"].values():
+      if row["study"] in ("sampler", "policy") and row.get("summary"):
+        means.setdefault(row["variant"], (row["overrides"], []))[1].append(
+            row["summary"]["overall"])
+    if not means:
+      raise SystemExit("ablate: no sampler/policy results to pick the best setting from")
+    name = max(means, key=lambda n: sum(means[n][1]) / len(means[n][1]))
+    return name, means[name][0]
+
+  def run(self):
+    studies = [s for s in self.args.studies.split(",") if s]
+    unknown = set(studies) - {"loss", "sampler", "policy", "heldout"}
+    if unknown:
+      raise SystemExit(f"ablate: unknown studies {sorted(unknown)}")
+    self.results["hardware"] = _hardware()
+    self.prepare_base()
+    if "loss" in studies:
+      variants = [v for v in self.args.loss_variants.split(",") if v]
+      bad = [v for v in variants if v not in LOSS_VARIANTS]
+      if bad:
+        raise SystemExit(f"ablate: unknown loss variants {bad}; known {list(LOSS_VARIANTS)}")
+      self.loss_study(variants)
+    if "sampler" in studies:
+      self.sampler_study("sampler", sampler_variants())
+    if "policy" in studies:
+      self.sampler_study("policy", policy_variants())
+    if "heldout" in studies:
+      name, over = self.best_setting()
+      self.results["heldout_setting"] = name
+      self.sampler_study("heldout", {name: over}, which="heldout")
+    print(f"[ablate] results: {self.results_path}", flush=True)
+
+
+def load_config(spec: str, overrides: dict[str, Any] | None = None):
+  """The ConfigDict of `path.py[:arg]` with dotted `overrides` (strings parsed as the field's
+  type), the way `mdd.main` reads `--config` and `--config.a.b=v`."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise SystemExit(f"ablate: config file {path!r} not found")
+  module_spec = importlib.util.spec_from_file_location("ablate_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  for key, value in (overrides or {}).items():
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    current = node.get(leaf)
+    if isinstance(value, str) and current is not None and not isinstance(current, str):
+      if isinstance(current, bool):
+        value = value.lower() in ("1", "true", "yes")
+      elif isinstance(current, (int, float)):
+        value = type(current)(float(value)) if isinstance(current, int) else float(value)
+    node[leaf] = value
+  return config
+
+
+def _hardware() -> str:
+  """Devices and CPU cores, read in a child process (JAX in this one would hold GPU memory)."""
+  code = ("import jax, os; d = jax.devices(); "
+          "print(f'{len(d)} x {d[0].device_kind} ({jax.default_backend()}), "
+          "{os.cpu_count()} CPU cores, jax {jax.__version__}')")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+  return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "unknown"
+
+
+def _parse_set(item: str) -> tuple[str, Any]:
+  key, sep, value = item.partition("=")
+  if not sep or not key:
+    raise SystemExit(f"ablate: --set expects key=value, got {item!r}")
+  return key.strip(), value.strip()
+
+
+def main(argv: Sequence[str] | None = None):
+  parser = argparse.ArgumentParser(prog="python -m mdd.experiments.ablate",
+                                   description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="configs/shapes_tiny.py:v14")
+  parser.add_argument("--workdir")
+  parser.add_argument("--studies", default="loss,sampler,policy,heldout")
+  parser.add_argument("--loss_variants", default=",".join(LOSS_VARIANTS))
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
+  parser.add_argument("--gpus", type=int, default=0, help="GPUs to spread runs over (0 = none)")
+  parser.add_argument("--eval_every", type=int, default=100)
+  parser.add_argument("--images_per_prompt", type=int, default=1)
+  parser.add_argument("--eval_batch_size", type=int, default=128)
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="config override for every run, e.g. denoiser_train.num_steps=600")
+  parser.add_argument("--report", help="ablate.json to turn into markdown + plots")
+  parser.add_argument("--out", default="docs/results.md")
+  parser.add_argument("--notes", default="", help="markdown inserted after the report's title")
+  # One evaluation (what the sampler studies spawn).
+  parser.add_argument("--eval_run", help=argparse.SUPPRESS)
+  parser.add_argument("--eval_out", help=argparse.SUPPRESS)
+  parser.add_argument("--eval_overrides", default="{}", help=argparse.SUPPRESS)
+  parser.add_argument("--eval_which", default="main", help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.eval_run:
+    eval_one(args.eval_run, args.eval_out, json.loads(args.eval_overrides), args.eval_which,
+             args.images_per_prompt, args.eval_batch_size)
+    return
+  if args.report:
+    from mdd.experiments import report  # pylint: disable=import-outside-toplevel
+    notes = ""
+    if args.notes:
+      with open(args.notes, encoding="utf-8") as f:
+        notes = f.read()
+    report.write_report(_read_json(args.report), args.out, notes=notes)
+    return
+  if not args.workdir:
+    parser.error("--workdir is required (or --report)")
+  Ablation(args).run()
+
+
+if __name__ == "__main__":
+  main()

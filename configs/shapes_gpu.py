@@ -26,32 +26,36 @@ def get_config(arg=None):
 
   c.data.resolution = 64
   c.data.train_size = 100_000
+  c.data.cache_workers = 16
 
+  # Tokenizer: 64 px, f=4 -> 16x16 tokens from the patch-local encoder (as the CPU default),
+  # the `S` decoder, 2^16 codes (2^18 with `v18`).
   c.tokenizer = tokenizer_defaults.default_config()
   c.tokenizer.model.variant = "S"
+  c.tokenizer.model.encoder = "patch"
   c.tokenizer.model.downsample_factor = 4
   c.tokenizer.model.vocab_size = 2 ** 18 if args.get("v18") else 2 ** 16
   c.tokenizer.model.dtype = "bfloat16"
-  c.tokenizer.num_steps = 4000
+  c.tokenizer.num_steps = 3000
   c.tokenizer.batch_size = 128
   c.tokenizer.optimizer.lr = 1e-3
   c.tokenizer.loop.log_every = 200
   c.tokenizer.loop.ckpt_every = 1000
   c.tokenizer.eval.num_examples = 1000
+  c.tokenizer.pretokenize.batch_size = 512
 
   c.denoiser.variant = "S"
   c.denoiser.attention_impl = "cudnn"
   c.loss.impl = "pallas"  # the fused GCE kernel
-  c.denoiser_train.num_steps = 6000
-  c.denoiser_train.batch_size = 256
-  c.denoiser_train.optim.lr = 5e-4
-  c.denoiser_train.optim.warmup_steps = 500
+  c.denoiser_train.num_steps = 4000
+  c.denoiser_train.batch_size = 128
+  c.denoiser_train.optim.lr = 1e-3
+  c.denoiser_train.optim.warmup_steps = 300
   c.denoiser_train.log_every = 200
   c.denoiser_train.ckpt_every = 1000
   c.denoiser_train.tensorboard = False
 
   c.sampler.num_steps = 16
-  c.sampler.guidance_scale = 2.0
   c.eval.shapes_geneval.batch_size = 256
   c.sample.batch_size = 64
 

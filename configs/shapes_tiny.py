@@ -7,8 +7,11 @@ Runs the whole pipeline (train tokenizer -> pretokenize -> train denoiser -> sam
 Override any field, e.g. `--config.denoiser_train.num_steps=200 --config.mode=train`.
 Args (comma list after the colon):
   runlocal   shrink every stage for a smoke run of a minute or two;
-  v14        a 2^14-code tokenizer (the CPU large-vocabulary ablation setting).
+  vN         a 2^N-code tokenizer, e.g. v14 (the CPU large-vocabulary ablation setting) or
+             v16 (the GPU one).
 """
+
+import re
 
 import ml_collections
 
@@ -21,7 +24,7 @@ from mdd.configs import tokenizer as tokenizer_defaults
 
 
 def get_config(arg=None):
-  """The config; `arg` is a comma list of flags (`runlocal`, `v14`)."""
+  """The config; `arg` is a comma list of flags (`runlocal`, `vN`)."""
   args = _parse_arg(arg)
   c = ml_collections.ConfigDict()
   c.mode = "pipeline"  # pipeline | train_tokenizer | pretokenize | train | sample | eval
@@ -39,13 +42,19 @@ def get_config(arg=None):
   c.data.train_size = 20_000
 
   # Tokenizer: 32 px, f=4 -> 8x8 tokens, VQ with 1024 codes of dim 8.
-  c.tokenizer = tokenizer_defaults.size_config("tiny_v14" if args.get("v14") else "tiny")
+  c.tokenizer = tokenizer_defaults.size_config("tiny")
+  log2_vocab = [int(k[1:]) for k in args if re.fullmatch(r"v\d+", k)]
+  if log2_vocab:
+    c.tokenizer.model.vocab_size = 2 ** log2_vocab[-1]
   c.tokenizer.loop.tensorboard = True
 
   # Denoiser, text encoder, masking + edit corruption, GCE loss, training.
   c.update(denoiser_defaults.default_config())
   c.text.max_len = c.data.max_text_len
-  c.denoiser_train.num_steps = 1200  # sized so the whole pipeline fits ~15 min on 2 cores
+  # Sized so the whole pipeline fits 15 min on 2 cores: small batches, many steps.
+  c.denoiser_train.num_steps = 1600
+  c.denoiser_train.batch_size = 32
+  c.denoiser_train.optim.lr = 1e-3
   c.denoiser_train.optim.warmup_steps = 100
 
   # Sampler (with token editing) and evaluations.

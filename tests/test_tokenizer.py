@@ -189,3 +189,36 @@ def test_perceptual_loss_from_local_weights(tmp_path):
   assert np.isfinite(np.asarray(grad)).all() and float(jnp.abs(grad).max()) > 0
   with pytest.raises(FileNotFoundError, match="perceptual"):
     tokenizer_losses.PerceptualLoss(os.path.join(tmp_path, "missing.npz"))
+
+
+def test_patch_encoder_tokens_depend_on_their_own_patch_only():
+  f = 4
+  model = tokenizer_lib.Tokenizer(channels=tokenizer_lib.variant_channels("micro", f),
+                                  z_channels=16, encoder_kind="patch", vocab_size=64,
+                                  code_dim=8, lookup_block_size=64)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (2, 16, 24, 3)).astype(np.uint8)
+  # Two identical patches at different places of the grid, one touching the border.
+  images[:, 0:4, 0:4] = images[:, 8:12, 12:16]
+  params = model.init(jax.random.key(0), jnp.asarray(images))["params"]
+  assert set(params["encoder"]) >= {"patchify", "block0_in", "conv_out"}
+  features = lambda x: model.apply({"params": params}, jnp.asarray(x),
+                                   method=lambda m, x: m.encoder(tokenizer_lib.images_to_float(x)))
+  z = np.asarray(features(images))
+  assert z.shape == (2, 4, 6, 16)
+  np.testing.assert_allclose(z[:, 0, 0], z[:, 2, 3], rtol=1e-5, atol=1e-6)
+  # Changing one patch changes that token's features and no other.
+  changed = images.copy()
+  changed[:, 4:8, 8:12] = 255 - changed[:, 4:8, 8:12]
+  diff = np.abs(np.asarray(features(changed)) - z).max(axis=-1)
+  assert np.all(diff[:, 1, 2] > 1e-4)
+  diff[:, 1, 2] = 0
+  assert np.all(diff == 0)
+  ids = model.apply({"params": params}, jnp.asarray(images), method="encode")
+  np.testing.assert_array_equal(ids[:, 0, 0], ids[:, 2, 3])
+
+
+def test_tokenizer_rejects_an_unknown_encoder():
+  model = tokenizer_lib.Tokenizer(channels=(8, 8, 16), encoder_kind="vit")
+  with pytest.raises(ValueError, match="encoder must be 'conv' or 'patch'"):
+    model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3), jnp.uint8))

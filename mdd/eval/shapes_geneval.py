@@ -521,9 +521,19 @@ def groundtruth_generate_fn(metadata: Sequence[dict], resolution: int,
 
 def load_generator(name: str, workdir: str | None, metadata: Sequence[dict],
                    resolution: int = 32) -> GenerateFn:
-  """`groundtruth` (ShapeGen renders of the metadata) or `model` (the trained checkpoint)."""
+  """`groundtruth` (ShapeGen renders of the metadata), `reconstruction` (those renders through
+  the workdir's tokenizer: the ceiling of any denoiser decoding with it) or `model` (the trained
+  checkpoint)."""
   if name == "groundtruth":
-    return groundtruth_generate_fn(metadata, resolution)
+    fn = groundtruth_generate_fn(metadata, resolution)
+    fn.fingerprint = {"generator": name, "resolution": resolution}
+    return fn
+  if name == "reconstruction":
+    if not workdir:
+      raise ValueError("--generator=reconstruction needs --workdir with a trained tokenizer")
+    fn = groundtruth_generate_fn(metadata, resolution, transform=tokenizer_roundtrip(workdir))
+    fn.fingerprint = {"generator": name, "resolution": resolution}
+    return fn
   if name == "model":
     try:
       from mdd.eval import generators  # pylint: disable=g-import-not-at-top
@@ -533,7 +543,19 @@ def load_generator(name: str, workdir: str | None, metadata: Sequence[dict],
     if not workdir:
       raise ValueError("--generator=model needs --workdir with a trained checkpoint")
     return generators.model_generate_fn(workdir)
-  raise ValueError(f"unknown generator {name!r}; use 'groundtruth' or 'model'")
+  raise ValueError(f"unknown generator {name!r}; use 'groundtruth', 'reconstruction' or 'model'")
+
+
+def tokenizer_roundtrip(workdir: str) -> Callable[[np.ndarray], np.ndarray]:
+  """uint8 images -> the workdir tokenizer's encode + decode, as uint8."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mdd import generation  # pylint: disable=g-import-not-at-top
+  from mdd.models import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  model, params, _ = tokenizer_lib.load_tokenizer(workdir)
+  roundtrip = jax.jit(lambda images: model.apply(
+      {"params": params}, model.apply({"params": params}, images, method="encode"),
+      method="decode"))
+  return lambda images: generation.to_uint8(roundtrip(images))
 
 
 def settings_from_config(cfg) -> ScorerSettings:
@@ -591,7 +613,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--workdir", required=True, help="results go to WORKDIR/eval/")
   parser.add_argument("--layout", default=None,
                       help="score this existing GenEval layout instead of generating")
-  parser.add_argument("--generator", default="model", choices=("model", "groundtruth"))
+  parser.add_argument("--generator", default="model",
+                      choices=("model", "groundtruth", "reconstruction"))
   parser.add_argument("--which", default="main", choices=("main", "heldout", "all"))
   parser.add_argument("--images_per_prompt", type=int, default=4)
   parser.add_argument("--batch_size", type=int, default=64)

@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import glob
 import json
 import os
+import queue
+import re
 import subprocess
 import sys
 import time
@@ -87,32 +90,43 @@ class Runner:
     self.parallel, self.gpus, self.logdir = max(1, parallel), gpus, logdir
     os.makedirs(logdir, exist_ok=True)
 
-  def run_all(self, jobs: list[tuple[str, list[str]]]) -> dict[str, int]:
-    """jobs: (name, argv); returns name -> exit status. Logs go to LOGDIR/<name>.log."""
-    results = {}
-    slots = list(range(self.parallel))
+  def run_all(self, jobs: list[tuple[str, list[str]]], on_done=None) -> dict[str, int]:
+    """jobs: (name, argv); returns name -> exit status. Logs go to LOGDIR/<name>.log.
 
-    def run_one(job, slot):
+    A job takes a free slot for its whole run (slot i uses GPU i % gpus), so no GPU ever runs
+    more than ceil(parallel / gpus) jobs at once. `on_done(name, status)` is called (in this
+    thread) as each job ends, so callers can record results before the others finish.
+    """
+    free = queue.Queue()
+    for slot in range(self.parallel):
+      free.put(slot)
+
+    def run_one(job):
       name, argv = job
-      env = dict(os.environ)
-      if self.gpus:
-        env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
-        per_gpu = -(-self.parallel // self.gpus)
-        env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / per_gpu:.2f}")
-      start = time.time()
-      with open(os.path.join(self.logdir, name.replace("/", "_") + ".log"), "w") as log:
-        status = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                check=False).returncode
-      print(f"[ablate] {name}: exit {status} in {time.time() - start:.0f}s", flush=True)
-      return status
+      slot = free.get()
+      try:
+        env = dict(os.environ)
+        if self.gpus:
+          env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
+          per_gpu = -(-self.parallel // self.gpus)
+          env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / per_gpu:.2f}")
+        start = time.time()
+        with open(os.path.join(self.logdir, name.replace("/", "_") + ".log"), "w") as log:
+          status = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                  check=False).returncode
+        print(f"[ablate] {name}: exit {status} in {time.time() - start:.0f}s", flush=True)
+        return status
+      finally:
+        free.put(slot)
 
     with concurrent.futures.ThreadPoolExecutor(self.parallel) as pool:
-      pending = {}
-      for i, job in enumerate(jobs):
-        pending[pool.submit(run_one, job, slots[i % len(slots)])] = job[0]
-      for future in concurrent.futures.as_completed(pending):
-        results[pending[future]] = future.result()
-    return results
+      futures = {pool.submit(run_one, job): job[0] for job in jobs}
+      statuses = {}
+      for future in concurrent.futures.as_completed(futures):
+        statuses[futures[future]] = future.result()
+        if on_done is not None:
+          on_done(futures[future], statuses[futures[future]])
+      return statuses
 
 
 def _link_base(run_dir: str, base: str):
@@ -146,37 +160,44 @@ def _curve(run_dir: str) -> list[dict]:
   return rows
 
 
-def eval_one(run_dir: str, out_dir: str, overrides: dict[str, Any], which: str,
-             images_per_prompt: int, batch_size: int) -> dict:
-  """ShapeGenEval of the run's denoiser with sampler `overrides`; returns the summary."""
+def eval_many(run_dir: str, jobs: Sequence[dict], which: str, images_per_prompt: int,
+              batch_size: int) -> None:
+  """ShapeGenEval of the run's denoiser under several sampler settings, one model load.
+
+  jobs: [{"overrides": {...}, "out_dir": str}]; each writes out_dir/summary.json (overall, per
+  tag, and per-step edits + re-masks and unmasks per image) and its GenEval layout.
+  """
   import numpy as np  # pylint: disable=import-outside-toplevel
   from mdd import generation  # pylint: disable=import-outside-toplevel
   from mdd.eval import shapes_geneval  # pylint: disable=import-outside-toplevel
   gen = generation.Generator.from_workdir(run_dir)
-  cfg = gen.sampler_config(**overrides)
-  edits, unmasked, calls = None, None, 0
+  for job in jobs:
+    overrides, out_dir = job["overrides"], job["out_dir"]
+    if os.path.exists(os.path.join(out_dir, "summary.json")):
+      continue
+    cfg = gen.sampler_config(**overrides)
+    totals = {"edits": None, "unmasked": None, "images": 0}
 
-  def generate_fn(prompts, seeds):
-    nonlocal edits, unmasked, calls
-    out = gen.generate(list(prompts), list(seeds), sampler_cfg=cfg)
-    stats = out["output"].stats
-    e = np.asarray(stats["num_edited"]).sum(axis=1) + np.asarray(stats["num_remasked"]).sum(1)
-    u = np.asarray(stats["num_unmasked"]).sum(axis=1)
-    edits = e if edits is None else edits + e
-    unmasked = u if unmasked is None else unmasked + u
-    calls += len(prompts)
-    return out["images"]
+    def generate_fn(prompts, seeds, cfg=cfg, totals=totals):
+      out = gen.generate(list(prompts), list(seeds), sampler_cfg=cfg)
+      stats = out["output"].stats
+      edits = (np.asarray(stats["num_edited"]).sum(axis=1)
+               + np.asarray(stats["num_remasked"]).sum(axis=1))
+      unmasked = np.asarray(stats["num_unmasked"]).sum(axis=1)
+      for key, value in (("edits", edits), ("unmasked", unmasked)):
+        totals[key] = value if totals[key] is None else totals[key] + value
+      totals["images"] += len(prompts)
+      return out["images"]
 
-  generate_fn.fingerprint = {"denoiser_step": int(gen.step), "sampler": overrides}
-  result = shapes_geneval.run(generate_fn, out_dir, images_per_prompt=images_per_prompt,
-                              which=which, batch_size=batch_size)
-  summary = {"overall": result["overall"], "tags": result["tags"],
-             "num_images": result["num_images"], "denoiser_step": int(gen.step)}
-  if calls:
-    summary["edits_per_step"] = (edits / calls).tolist()   # per image, edits + re-masks
-    summary["unmasked_per_step"] = (unmasked / calls).tolist()
-  fileio.write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
-  return summary
+    generate_fn.fingerprint = {"denoiser_step": int(gen.step), "sampler": overrides}
+    result = shapes_geneval.run(generate_fn, out_dir, images_per_prompt=images_per_prompt,
+                                which=which, batch_size=batch_size)
+    summary = {"overall": result["overall"], "tags": result["tags"],
+               "num_images": result["num_images"], "denoiser_step": int(gen.step)}
+    if totals["images"]:
+      summary["edits_per_step"] = (totals["edits"] / totals["images"]).tolist()
+      summary["unmasked_per_step"] = (totals["unmasked"] / totals["images"]).tolist()
+    fileio.write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
 
 
 class Ablation:
@@ -224,16 +245,17 @@ class Ablation:
         over["denoiser_train.eval_every"] = self.args.eval_every
         over.update(LOSS_VARIANTS[variant])
         jobs.append((name, _main_cmd(self.args.config, run_dir, over)))
-    statuses = self.runner.run_all(jobs)
-    for name, status in statuses.items():
-      run_dir = os.path.join(self.workdir, name)
-      variant, seed = name.split("/")[1].rsplit("_s", 1)
-      geneval = _read_json(os.path.join(run_dir, "eval", "shapes_geneval.json"), {})
-      self.results["runs"][name] = dict(
-          variant=variant, seed=int(seed), status=status,
-          final=_read_json(os.path.join(run_dir, "denoiser", "eval.json")),
-          curve=_curve(run_dir),
-          shapes_geneval={k: geneval.get(k) for k in ("overall", "tags", "num_images")})
+    self.runner.run_all(jobs, on_done=self._record_loss_run)
+
+  def _record_loss_run(self, name: str, status: int):
+    run_dir = os.path.join(self.workdir, name)
+    variant, seed = name.split("/")[1].rsplit("_s", 1)
+    geneval = _read_json(os.path.join(run_dir, "eval", "shapes_geneval.json"), {})
+    self.results["runs"][name] = dict(
+        variant=variant, seed=int(seed), status=status,
+        final=_read_json(os.path.join(run_dir, "denoiser", "eval.json")),
+        curve=_curve(run_dir),
+        shapes_geneval={k: geneval.get(k) for k in ("overall", "tags", "num_images")})
     self.save()
 
   def default_loss_variant(self) -> str:
@@ -246,26 +268,61 @@ class Ablation:
     return "gce_soft_ce_mix"
 
   def sampler_study(self, study: str, variants: dict[str, dict[str, Any]], which: str = "main"):
+    if self.args.only and study != "heldout":
+      variants = {k: v for k, v in variants.items() if re.search(self.args.only, k)}
     model = self.default_loss_variant()
-    jobs = []
+    evals = []   # (key, run_dir, name, seed, overrides, out_dir)
     for seed in self.seeds:
       run_dir = os.path.join(self.workdir, "loss", f"{model}_s{seed}")
       if not os.path.exists(os.path.join(run_dir, "config.json")):
         raise SystemExit(f"ablate: {run_dir} is not trained; run the loss study first")
       for name, over in variants.items():
-        key = f"{study}/{name}/s{seed}"
         out_dir = os.path.join(self.workdir, "evals", study, name.replace("@", "_at"),
                                f"s{seed}")
-        argv = [sys.executable, "-m", "mdd.experiments.ablate", "--eval_run", run_dir,
-                "--eval_out", out_dir, "--eval_overrides", json.dumps(over),
-                "--eval_which", which, "--images_per_prompt", str(self.args.images_per_prompt),
+        evals.append((f"{study}/{name}/s{seed}", run_dir, name, seed, over, out_dir))
+    # One process per (seed, chunk of settings): the model loads once per process, and there
+    # are about `parallel` processes in all.
+    chunks = max(1, self.runner.parallel // max(1, len(self.seeds)))
+    jobs, members = [], {}
+    for seed in self.seeds:
+      mine = [e for e in evals if e[3] == seed]
+      for c in range(chunks):
+        part = mine[c::chunks]
+        if not part:
+          continue
+        spec = [{"overrides": e[4], "out_dir": e[5]} for e in part]
+        argv = [sys.executable, "-m", "mdd.experiments.ablate", "--eval_run", part[0][1],
+                "--eval_jobs", json.dumps(spec), "--eval_which", which,
+                "--images_per_prompt", str(self.args.images_per_prompt),
                 "--eval_batch_size", str(self.args.eval_batch_size)]
-        jobs.append((key, argv, out_dir, name, seed, over))
-    statuses = self.runner.run_all([(j[0], j[1]) for j in jobs])
-    for key, _, out_dir, name, seed, over in jobs:
-      summary = _read_json(os.path.join(out_dir, "summary.json"))
-      self.results["evals"][key] = dict(study=study, variant=name, seed=seed, overrides=over,
-                                        which=which, status=statuses[key], summary=summary)
+        jobs.append((f"{study}/s{seed}_part{c}", argv))
+        members[f"{study}/s{seed}_part{c}"] = {e[0] for e in part}
+
+    def record(job_name, status):
+      for key, _, name, seed, over, out_dir in evals:
+        if key in members[job_name]:
+          summary = _read_json(os.path.join(out_dir, "summary.json"))
+          self.results["evals"][key] = dict(study=study, variant=name, seed=seed,
+                                            overrides=over, which=which, summary=summary,
+                                            status=0 if summary else (status or 1))
+      self.save()
+
+    self.runner.run_all(jobs, on_done=record)
+
+  def collect(self):
+    """Rebuilds ablate.json from what is on disk (after a killed run); runs nothing."""
+    for run_dir in sorted(glob.glob(os.path.join(self.workdir, "loss", "*_s*"))):
+      done = os.path.exists(os.path.join(run_dir, "eval", "shapes_geneval.json"))
+      self._record_loss_run("loss/" + os.path.basename(run_dir), 0 if done else 1)
+    known = dict(sampler_variants(), **policy_variants())
+    for path in sorted(glob.glob(os.path.join(self.workdir, "evals", "*", "*", "s*",
+                                              "summary.json"))):
+      study, variant, seed = path.split(os.sep)[-4:-1]
+      name = variant.replace("_at", "@")
+      self.results["evals"][f"{study}/{name}/{seed}"] = dict(
+          study=study, variant=name, seed=int(seed[1:]), overrides=known.get(name, {}),
+          which="heldout" if study == "heldout" else "main", summary=_read_json(path),
+          status=0)
     self.save()
 
   def best_setting(self) -> tuple[str, dict[str, Any]]:
@@ -357,22 +414,24 @@ def main(argv: Sequence[str] | None = None):
   parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
   parser.add_argument("--gpus", type=int, default=0, help="GPUs to spread runs over (0 = none)")
   parser.add_argument("--eval_every", type=int, default=100)
+  parser.add_argument("--only", default="", help="regex: sampler/policy settings to run")
   parser.add_argument("--images_per_prompt", type=int, default=1)
   parser.add_argument("--eval_batch_size", type=int, default=128)
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="config override for every run, e.g. denoiser_train.num_steps=600")
   parser.add_argument("--report", help="ablate.json to turn into markdown + plots")
+  parser.add_argument("--collect", action="store_true",
+                      help="rebuild DIR/ablate.json from the runs on disk, run nothing")
   parser.add_argument("--out", default="docs/results.md")
   parser.add_argument("--notes", default="", help="markdown inserted after the report's title")
   # One evaluation (what the sampler studies spawn).
   parser.add_argument("--eval_run", help=argparse.SUPPRESS)
-  parser.add_argument("--eval_out", help=argparse.SUPPRESS)
-  parser.add_argument("--eval_overrides", default="{}", help=argparse.SUPPRESS)
+  parser.add_argument("--eval_jobs", default="[]", help=argparse.SUPPRESS)
   parser.add_argument("--eval_which", default="main", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.eval_run:
-    eval_one(args.eval_run, args.eval_out, json.loads(args.eval_overrides), args.eval_which,
-             args.images_per_prompt, args.eval_batch_size)
+    eval_many(args.eval_run, json.loads(args.eval_jobs), args.eval_which,
+              args.images_per_prompt, args.eval_batch_size)
     return
   if args.report:
     from mdd.experiments import report  # pylint: disable=import-outside-toplevel
@@ -384,6 +443,9 @@ def main(argv: Sequence[str] | None = None):
     return
   if not args.workdir:
     parser.error("--workdir is required (or --report)")
+  if args.collect:
+    Ablation(args).collect()
+    return
   Ablation(args).run()
 
 

@@ -1,0 +1,105 @@
+"""The ablation runner (mdd.experiments.ablate) and its report, without training anything."""
+
+import json
+import os
+import sys
+
+import pytest
+
+from mdd.experiments import ablate, report
+
+
+def _run(variant, seed, overall, masked, curve_scale=1.0):
+  curve = [{"step": s, "loss": 5.0 - s / 100, "eval/masked_acc": curve_scale * s / 400,
+            "eval/group_acc": curve_scale * s / 300} for s in (100, 200, 300)]
+  return {"variant": variant, "seed": seed, "status": 0,
+          "final": {"masked_acc": masked, "group_acc": masked + 0.2, "loss": 3.0},
+          "curve": curve,
+          "shapes_geneval": {"overall": overall, "num_images": 504,
+                             "tags": {t: overall for t in report.TAGS}}}
+
+
+def _eval(study, variant, seed, overall, edits=(0, 1, 2)):
+  return {"study": study, "variant": variant, "seed": seed, "overrides": {}, "which": "main",
+          "status": 0, "summary": {"overall": overall, "tags": {t: overall for t in report.TAGS},
+                                   "num_images": 504, "edits_per_step": list(edits)}}
+
+
+def _results():
+  runs = {f"loss/ce_s{s}": _run("ce", s, o, 0.3, 0.5) for s, o in ((0, 0.2), (1, 0.4))}
+  runs.update({f"loss/gce_soft_s{s}": _run("gce_soft", s, o, 0.5)
+               for s, o in ((0, 0.5), (1, 0.7))})
+  evals = {}
+  for s in (0, 1):
+    for steps in (4, 16):
+      evals[f"sampler/no_edit@{steps}/s{s}"] = _eval("sampler", f"no_edit@{steps}", s, 0.1 * s)
+      evals[f"sampler/edit_t0.5@{steps}/s{s}"] = _eval("sampler", f"edit_t0.5@{steps}", s, 0.5)
+    evals[f"policy/policy_entropy/s{s}"] = _eval("policy", "policy_entropy", s, 0.3)
+  return {"config": "configs/shapes_tiny.py:v14", "overrides": {}, "seeds": [0, 1],
+          "runs": runs, "evals": evals, "tokenizer": {"psnr": 27.5, "codebook_usage": 0.9}}
+
+
+def test_report_tables_and_plots(tmp_path):
+  out = str(tmp_path / "results.md")
+  text = report.write_report(_results(), out, notes="Hand-written notes.")
+  assert "Hand-written notes." in text
+  # Mean ± sample std over the two seeds.
+  assert "| ce | 2 | 0.300 ± 0.000 | 0.500 ± 0.000 | 3.000 ± 0.000 | 0.300 ± 0.141 |" in text
+  assert "| gce_soft | 2 |" in text and "0.600 ± 0.141" in text
+  # Sampler table: one row per method, columns per step count, edits per image at 16 steps.
+  assert "| no_edit | 0.050 ± 0.071 | 0.050 ± 0.071 | 3.0 ± 0.0 |" in text
+  assert "| policy_entropy | main | 0.300 ± 0.000 |" in text
+  # ce's group accuracy curve is half of gce's, so it never reaches 80% of the best final.
+  assert "not reached (0/2)" in text
+  for png in ("results_loss_curves.png", "results_sampler.png"):
+    assert os.path.getsize(tmp_path / png) > 1000
+
+
+def test_mean_std_and_steps_to_reach():
+  assert report.mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
+  assert report.mean_std([5.0]) == (5.0, 0.0)
+  curve = [{"step": 100, "eval/group_acc": 0.2}, {"step": 200, "eval/group_acc": 0.6}]
+  assert report.steps_to_reach(curve, "eval/group_acc", 0.5) == 200
+  assert report.steps_to_reach(curve, "eval/group_acc", 0.7) is None
+
+
+def test_variants_cover_the_issue():
+  names = ablate.sampler_variants()
+  for steps in (4, 8, 16, 32):
+    for method in ("no_edit", "edit_t0.9", "edit_t0.5", "remdm"):
+      assert f"{method}@{steps}" in names
+  assert names["no_edit@8"]["edit_threshold"] >= 1.0
+  assert names["remdm@8"]["remask_policy"] == "remdm"
+  policies = ablate.policy_variants()
+  assert {"policy_confidence", "policy_stratified", "policy_entropy"} <= set(policies)
+  assert set(ablate.LOSS_VARIANTS) == {"ce", "gce_soft", "gce_marginal", "gce_soft_ce_mix"}
+
+
+def test_load_config_applies_typed_overrides():
+  config = ablate.load_config("configs/shapes_tiny.py:runlocal", {
+      "denoiser_train.num_steps": "7", "sampler.temperature": "0.5", "loss.type": "ce"})
+  assert config.denoiser_train.num_steps == 7 and config.sampler.temperature == 0.5
+  assert config.loss.type == "ce" and config.data.train_size == 2048
+  with pytest.raises(SystemExit, match="not found"):
+    ablate.load_config("configs/missing.py")
+
+
+def test_runner_spreads_gpus_and_reports_failures(tmp_path):
+  runner = ablate.Runner(parallel=2, gpus=2, logdir=str(tmp_path))
+  code = "import os; print('GPU', os.environ['CUDA_VISIBLE_DEVICES'])"
+  statuses = runner.run_all([("a", [sys.executable, "-c", code]),
+                             ("b", [sys.executable, "-c", code]),
+                             ("bad", [sys.executable, "-c", "raise SystemExit(3)"])])
+  assert statuses == {"a": 0, "b": 0, "bad": 3}
+  # Two slots, two GPUs: the two jobs that run together get different GPUs.
+  logs = {open(tmp_path / f"{n}.log").read().strip() for n in ("a", "b")}
+  assert logs == {"GPU 0", "GPU 1"}
+
+
+def test_report_cli_rejects_missing_json(tmp_path):
+  with pytest.raises(SystemExit):
+    ablate.main(["--report", str(tmp_path / "none.json"), "--out", str(tmp_path / "r.md")])
+  path = tmp_path / "ablate.json"
+  path.write_text(json.dumps(_results()))
+  ablate.main(["--report", str(path), "--out", str(tmp_path / "r.md")])
+  assert (tmp_path / "r.md").read_text().startswith("# Ablations")

@@ -52,13 +52,18 @@ def get_config(arg=None):
   c.update(denoiser_defaults.default_config())
   c.text.max_len = c.data.max_text_len
   # Sized so the whole pipeline fits 15 min on 2 cores: small batches, many steps.
-  c.denoiser_train.num_steps = 1600
+  c.denoiser_train.num_steps = 1400
   c.denoiser_train.batch_size = 32
   c.denoiser_train.optim.lr = 1e-3
   c.denoiser_train.optim.warmup_steps = 100
 
-  # Sampler (with token editing) and evaluations.
+  # Sampler (with token editing) and evaluations. Entropy-bounded unmasking with guidance: the
+  # confidence policy commits the confident background first and leaves empty images here
+  # (docs/results.md, docs/runs/shapes_tiny_2026-11-28b_sampler.json).
   c.sampler = sampler_defaults.default_config()
+  c.sampler.unmask_policy = "entropy"
+  c.sampler.guidance_scale = 6.0
+  c.sampler.temperature = 0.8
   c.eval = eval_defaults.default_config()
 
   # --config.mode=sample

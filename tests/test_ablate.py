@@ -103,3 +103,22 @@ def test_report_cli_rejects_missing_json(tmp_path):
   path.write_text(json.dumps(_results()))
   ablate.main(["--report", str(path), "--out", str(tmp_path / "r.md")])
   assert (tmp_path / "r.md").read_text().startswith("# Ablations")
+
+
+@pytest.mark.slow
+def test_ablation_end_to_end_at_toy_size(tmp_path):
+  """Tokenizer once, one CE run, two sampler settings and the held-out split (~5 min on CPU)."""
+  workdir = tmp_path / "abl"
+  ablate.main(["--config=configs/shapes_tiny.py:runlocal", f"--workdir={workdir}",
+               "--loss_variants=ce", "--seeds=0", "--eval_every=20", "--only=no_edit@4|remdm@4",
+               "--studies=loss,sampler,heldout", "--set", "tokenizer.model.vocab_size=64",
+               "--set", "loss.type=ce", "--set", "loss.ce_mix=0.0"])
+  results = json.loads((workdir / "ablate.json").read_text())
+  run = results["runs"]["loss/ce_s0"]
+  assert run["status"] == 0 and run["final"]["step"] == 60
+  assert [row["step"] for row in run["curve"] if "eval/masked_acc" in row] == [20, 40, 60]
+  assert {k for k in results["evals"]} == {"sampler/no_edit@4/s0", "sampler/remdm@4/s0",
+                                           f"heldout/{results['heldout_setting']}/s0"}
+  assert all(0.0 <= e["summary"]["overall"] <= 1.0 for e in results["evals"].values())
+  text = report.write_report(results, str(tmp_path / "results.md"))
+  assert "| ce | 1 |" in text

@@ -160,13 +160,9 @@ class PatchEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    f = self.patch
-    h = nn.Conv(self.width, (f, f), strides=(f, f), padding="VALID", dtype=self.dtype,
-                name="patchify",
-                kernel_init=nn.with_logical_partitioning(
-                    nn.initializers.lecun_normal(), (None, None, "conv_in", "conv_out")),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))(
-                    x.astype(self.dtype))
+    # Kernel = stride = f on a size divisible by f: "SAME" adds no padding, patches never mix.
+    h = _conv(self.width, kernel=self.patch, strides=self.patch, dtype=self.dtype,
+              name="patchify")(x.astype(self.dtype))
     for i in range(self.depth):
       y = _layer_norm(f"block{i}_norm", self.dtype)(h)
       y = _conv(2 * self.width, kernel=1, dtype=self.dtype, name=f"block{i}_in")(y)

@@ -76,6 +76,7 @@ class SamplerConfig:
   unmask_policy: str = "confidence"
   confidence_noise: float = 4.5
   entropy_bound: float = 0.1
+  entropy_noise: float = 0.05  # nats of per-seed uniform jitter on the entropy score (ties)
   temperature: float = 1.0
   temperature_end: float = 1.0
   temperature_schedule: str = "constant"
@@ -120,6 +121,7 @@ class SamplerConfig:
           f"unmask_policy {self.unmask_policy!r} not in {UNMASK_POLICIES}")
     check(self.confidence_noise >= 0, "confidence_noise must be >= 0")
     check(self.entropy_bound >= 0, "entropy_bound must be >= 0")
+    check(self.entropy_noise >= 0, "entropy_noise must be >= 0")
     check(self.temperature >= 0 and self.temperature_end >= 0, "temperatures must be >= 0")
     check(self.temperature_schedule in RAMPS,
           f"temperature_schedule {self.temperature_schedule!r} not in {RAMPS}")
@@ -520,7 +522,10 @@ def _sample_step(state: SamplerState, xs: dict, *, logits_fn, context, config: S
   else:  # entropy
     entropy = -jnp.sum(jnp.exp(log_probs) * jnp.where(log_probs > -jnp.inf, log_probs, 0.0),
                        axis=-1)
-    score = -entropy
+    # Per-seed jitter: near-ties are ordered by the sample's own random stream, not by the last
+    # bits of the logits, which depend on the batch (XLA's matmul blocking follows its size), so
+    # a sample does not change with what else is in the batch.
+    score = -entropy + config.entropy_noise * uniform[..., vocab]
     accepted = jax.vmap(functools.partial(entropy_bounded_count, bound=config.entropy_bound))(
         entropy, masked)
     num_unmask = jnp.minimum(num_masked, jnp.maximum(num_unmask, accepted))

@@ -23,6 +23,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.unmask_policy = "confidence"  # confidence | halton | stratified | entropy
   c.confidence_noise = 4.5     # MaskGIT: score = log p + tau_t * Gumbel, tau_t = tau_0 (1 - t/T)
   c.entropy_bound = 0.1        # entropy: take the lowest-entropy prefix with sum H - max H <= this
+  c.entropy_noise = 0.05       # entropy: per-seed uniform jitter (nats) that orders near-ties
 
   # Proposal distribution.
   c.temperature = 1.0          # 0 = argmax

@@ -144,6 +144,9 @@ def _read_json(path: str, default=None):
     return json.load(f)
 
 
+_CURVE_KEYS = ("step", "loss", "eval/masked_acc", "eval/group_acc", "eval/loss")
+
+
 def _curve(run_dir: str) -> list[dict]:
   """Held-out eval scalars and train loss over steps from the run's metrics.jsonl."""
   path = os.path.join(run_dir, "denoiser", "metrics.jsonl")
@@ -152,9 +155,7 @@ def _curve(run_dir: str) -> list[dict]:
     with open(path, encoding="utf-8") as f:
       for line in f:
         row = json.loads(line)
-        keep = {k: v for k, v in row.items()
-                if k in ("step", "loss") or k in ("eval/masked_acc", "eval/group_acc",
-                                                  "eval/loss")}
+        keep = {k: v for k, v in row.items() if k in _CURVE_KEYS}
         if len(keep) > 1:
           rows.append(keep)
   return rows

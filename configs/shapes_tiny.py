@@ -41,7 +41,8 @@ def get_config(arg=None):
   c.data.resolution = 32
   c.data.train_size = 20_000
 
-  # Tokenizer: 32 px, f=4 -> 8x8 tokens, VQ with 1024 codes of dim 8.
+  # Tokenizer: 32 px, f=4 -> 8x8 tokens from the patch-local encoder, VQ with 512 codes of dim 8
+  # (`vN` sets 2^N codes).
   c.tokenizer = tokenizer_defaults.size_config("tiny")
   log2_vocab = [int(k[1:]) for k in args if re.fullmatch(r"v\d+", k)]
   if log2_vocab:

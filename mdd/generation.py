@@ -123,12 +123,14 @@ class Generator:
                                     sampler_cfg=cfg)["images"])
       return np.concatenate(images, axis=0)
 
-    # What the images depend on: evaluation layouts compare it with the one they were written
-    # with and regenerate instead of resuming when the checkpoint or sampler settings changed.
-    generate_fn.fingerprint = {"denoiser_step": int(self.step),
-                               "sampler": json.loads(json.dumps(dataclasses.asdict(cfg),
-                                                                default=str))}
+    generate_fn.fingerprint = self.fingerprint(cfg)
     return generate_fn
+
+  def fingerprint(self, cfg: sampler_lib.SamplerConfig) -> dict:
+    """What images depend on (checkpoint step, sampler settings): evaluation layouts compare it
+    with the one they were written with and regenerate instead of resuming when it changed."""
+    return {"denoiser_step": int(self.step),
+            "sampler": json.loads(json.dumps(dataclasses.asdict(cfg), default=str))}
 
 
 _LOGITS_FNS: dict = {}

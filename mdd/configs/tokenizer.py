@@ -115,8 +115,6 @@ def default_config() -> ml_collections.ConfigDict:
 SIZES = {
     # The CPU tiny default: 32 px, f=4, 8x8 tokens from the patch-local encoder, 512 codes.
     "tiny": {"model.encoder": "patch", "model.vocab_size": 512},
-    # The CPU ablation setting: V = 2^14 codes.
-    "tiny_v14": {"model.encoder": "patch", "model.vocab_size": 2 ** 14},
     # GPU/TPU: 256 px, f=16, VQGAN-B with 2^14 codes / LlamaGen-like; GAN after 20k steps.
     "B": {"model.variant": "B", "model.downsample_factor": 16, "model.vocab_size": 2 ** 14,
           "model.dtype": "bfloat16", "num_steps": 200_000, "batch_size": 256,

@@ -26,6 +26,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from mdd import fileio
+
 GenerateFn = Callable[[Sequence[str], Sequence[int]], np.ndarray]
 _FOLDER = re.compile(r"^\d{5}$")
 _SAMPLE = re.compile(r"^\d+\.png$")
@@ -98,11 +100,7 @@ def _check_fingerprint(outdir: str, fingerprint: dict | None) -> None:
                     outdir, "unknown" if previous is None else "changed", len(stale))
     for name in stale:
       shutil.rmtree(os.path.join(outdir, name))
-  os.makedirs(outdir, exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(fingerprint, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  fileio.write_json_atomic(path, fingerprint)
 
 
 def generate_per_prompt(generate_fn: GenerateFn, prompts: Sequence[str], todo: Sequence[int],

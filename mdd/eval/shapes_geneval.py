@@ -524,14 +524,13 @@ def load_generator(name: str, workdir: str | None, metadata: Sequence[dict],
   """`groundtruth` (ShapeGen renders of the metadata), `reconstruction` (those renders through
   the workdir's tokenizer: the ceiling of any denoiser decoding with it) or `model` (the trained
   checkpoint)."""
-  if name == "groundtruth":
-    fn = groundtruth_generate_fn(metadata, resolution)
-    fn.fingerprint = {"generator": name, "resolution": resolution}
-    return fn
-  if name == "reconstruction":
-    if not workdir:
-      raise ValueError("--generator=reconstruction needs --workdir with a trained tokenizer")
-    fn = groundtruth_generate_fn(metadata, resolution, transform=tokenizer_roundtrip(workdir))
+  if name in ("groundtruth", "reconstruction"):
+    transform = None
+    if name == "reconstruction":
+      if not workdir:
+        raise ValueError("--generator=reconstruction needs --workdir with a trained tokenizer")
+      transform = tokenizer_roundtrip(workdir)
+    fn = groundtruth_generate_fn(metadata, resolution, transform=transform)
     fn.fingerprint = {"generator": name, "resolution": resolution}
     return fn
   if name == "model":

@@ -190,7 +190,7 @@ def eval_many(run_dir: str, jobs: Sequence[dict], which: str, images_per_prompt:
       totals["images"] += len(prompts)
       return out["images"]
 
-    generate_fn.fingerprint = {"denoiser_step": int(gen.step), "sampler": overrides}
+    generate_fn.fingerprint = gen.fingerprint(cfg)
     result = shapes_geneval.run(generate_fn, out_dir, images_per_prompt=images_per_prompt,
                                 which=which, batch_size=batch_size)
     summary = {"overall": result["overall"], "tags": result["tags"],

@@ -97,18 +97,27 @@ def speed_table(results: dict, key: str = "eval/masked_acc") -> str:
   return "\n".join(lines)
 
 
-def sampler_table(results: dict, study: str = "sampler") -> str:
-  evals = _evals(results, study)
-  if not evals:
-    return f"_No {study} results._"
+STEP_METHODS = ("no_edit", "edit_t0.9", "edit_t0.5", "remdm")
+
+
+def _split_by_steps(evals: dict[str, list[dict]]):
+  """({method: {steps: rows}} for the `method@steps` sweep, {variant: rows} for the rest)."""
   methods: dict[str, dict[int, list[dict]]] = {}
   extra = {}
   for variant, rows in evals.items():
     name, _, steps = variant.partition("@")
-    if steps and name in ("no_edit", "edit_t0.9", "edit_t0.5", "remdm"):
+    if steps and name in STEP_METHODS:
       methods.setdefault(name, {})[int(steps)] = rows
     else:
       extra[variant] = rows
+  return methods, extra
+
+
+def sampler_table(results: dict, study: str = "sampler") -> str:
+  evals = _evals(results, study)
+  if not evals:
+    return f"_No {study} results._"
+  methods, extra = _split_by_steps(evals)
   all_steps = sorted({s for m in methods.values() for s in m})
   lines = ["| sampler | " + " | ".join(f"{s} steps" for s in all_steps) +
            " | edits / image (16 steps) |", "|" + " --- |" * (2 + len(all_steps))]
@@ -177,14 +186,10 @@ def plot_sampler(results: dict, path: str) -> bool:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   fig, ax = plt.subplots(figsize=(5.5, 3.6))
-  methods: dict[str, dict[int, list[float]]] = {}
-  for variant, rows in evals.items():
-    name, _, steps = variant.partition("@")
-    if steps and name in ("no_edit", "edit_t0.9", "edit_t0.5", "remdm"):
-      methods.setdefault(name, {})[int(steps)] = [r["summary"]["overall"] for r in rows]
+  methods, _ = _split_by_steps(evals)
   for name, per_steps in methods.items():
     steps = sorted(per_steps)
-    stats = [mean_std(per_steps[s]) for s in steps]
+    stats = [mean_std([r["summary"]["overall"] for r in per_steps[s]]) for s in steps]
     ax.errorbar(steps, [m for m, _ in stats], yerr=[s for _, s in stats], label=name,
                 marker="o", capsize=3)
   ax.set_xscale("log", base=2)

@@ -261,10 +261,10 @@ class Tokenizer(nn.Module):
       raise ValueError(f"Tokenizer: need at least 2 levels of channels, got {self.channels}")
     if self.encoder_kind == "conv":
       self.encoder = Encoder(self.channels, self.num_res_blocks, self.z_channels,
-                                 self.attention, self.dtype)
+                             self.attention, self.dtype)
     elif self.encoder_kind == "patch":
       self.encoder = PatchEncoder(self.downsample_factor, self.channels[-1],
-                                      self.patch_depth, self.z_channels, self.dtype)
+                                  self.patch_depth, self.z_channels, self.dtype)
     else:
       raise ValueError(
           f"Tokenizer: encoder must be 'conv' or 'patch', got {self.encoder_kind!r}")

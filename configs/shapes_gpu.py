@@ -7,10 +7,16 @@ log and metrics.jsonl. The whole pipeline:
 
 Args: `v18` (2^18 codes, the paper's largest vocabulary), `runlocal` (a short smoke run).
 
-Status (2026-11-28): not yet run end to end. On one H200 the tokenizer stage ran at ~5 steps/s
-(3000 steps did not finish in 9 minutes; held-out-batch PSNR 36.9 dB at step 1000, 46 dB at
-2400), hence 1000 tokenizer steps below. The denoiser stage and the issue's bar (ShapeGenEval
->= 0.9 in <= 20 minutes) are unmeasured.
+Status (2026-11-28, one H200, jax 0.11.2): not yet run to the end. Measured
+(`benchmarks/speed_h200_shapes_gpu.json`, `docs/runs/shapes_gpu_2026-11-28_attempt.log`):
+the ShapeGen cache renders 100k images in 5.8 s; the tokenizer stage takes 179 s (1000 steps at
+8.4 steps/s, device-bound: 117 ms/step, host 1 ms) and reaches 39.2 dB PSNR / SSIM 0.987 on
+1000 held-out images; pretokenize 10 s; the denoiser runs at ~6 steps/s (batch 128, 86.5M
+params with the 2^16-row embedding and head), so 4000 steps need ~11 min: the whole run should
+take ~16-17 min, inside the issue's 20, but longer than one 10-minute call of the lent machine
+(resume it in a second call). Its ShapeGenEval is unmeasured. Why the `S` step is this slow
+(~80 TFLOP/s of useful work) is open: `python -m mdd.experiments.speed
+--config=configs/shapes_gpu.py --profile` traces it.
 """
 
 import ml_collections
@@ -31,6 +37,7 @@ def get_config(arg=None):
 
   c.data.resolution = 64
   c.data.train_size = 100_000
+  c.data.cache_dir = "data_cache"  # DIR/data_cache: rendered once (16 processes), then memmapped
   c.data.cache_workers = 16
 
   # Tokenizer: 64 px, f=4 -> 16x16 tokens from the patch-local encoder (as the CPU default),

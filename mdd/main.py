@@ -96,6 +96,9 @@ def main(argv):
     raise ValueError(problems[0])
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   os.makedirs(workdir, exist_ok=True)
+  data = config.get("data")
+  if data is not None and data.get("cache_dir"):  # A relative cache lives in the workdir.
+    data.cache_dir = os.path.join(workdir, os.path.expanduser(data.cache_dir))
   if config.mode in ("pipeline", "train_tokenizer", "pretokenize", "train"):
     # The modes that define the model record its config, so sample/eval CLIs given only the
     # workdir rebuild the same model.

@@ -136,11 +136,17 @@ class TokenShardSource:
   """Random-access reader of a split's token shards: `len(src)`, `src[i]` -> dict.
 
   Items: `tokens` int32 [h, w], `index` (position in the original split), `caption`, `tag`,
-  `metadata`, and whatever else the shards stored (`text_ids`, `text_len`, ...). Keeps the
-  `cache_shards` most recently used shards in memory.
+  `metadata`, and whatever else the shards stored (`text_ids`, `text_len`, ...).
+  `get_batch(indices)` gathers a whole batch with one fancy index per shard touched.
+
+  Keeps the `cache_shards` most recently used shards in memory; 0 (the default) keeps every
+  shard read so far. Shuffled batches touch nearly every shard, so a cache smaller than the
+  split re-reads a compressed shard per example (measured: 1.2 ms per example at 20 shards with
+  4 cached, ~8 µs with all cached); token shards are small (100k examples of 16x16 tokens and
+  64 text bytes: ~130 MB), so keeping them all is the right default.
   """
 
-  def __init__(self, directory: str, split: str | None = None, cache_shards: int = 4):
+  def __init__(self, directory: str, split: str | None = None, cache_shards: int = 0):
     if split is not None:
       directory = os.path.join(directory, split)
     path = os.path.join(directory, MANIFEST)
@@ -158,7 +164,7 @@ class TokenShardSource:
                        f"{self.manifest['num_shards']} shards missing (e.g. {missing[:3]}); "
                        "rerun --config.mode=pretokenize to finish it")
     self._cache: collections.OrderedDict[int, dict[str, np.ndarray]] = collections.OrderedDict()
-    self._cache_shards = max(1, int(cache_shards))
+    self._cache_shards = int(cache_shards) if int(cache_shards) > 0 else None
 
   @property
   def token_shape(self) -> tuple[int, int]:
@@ -178,7 +184,7 @@ class TokenShardSource:
     with np.load(shard_path(self.directory, shard)) as data:
       arrays = {k: data[k] for k in data.files}
     self._cache[shard] = arrays
-    if len(self._cache) > self._cache_shards:
+    if self._cache_shards is not None and len(self._cache) > self._cache_shards:
       self._cache.popitem(last=False)
     return arrays
 
@@ -193,6 +199,23 @@ class TokenShardSource:
       item[key] = str(value) if values.dtype.kind == "U" else value
     item["index"] = int(item["index"])
     return item
+
+  def get_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """The examples `indices`, stacked (strings as numpy unicode arrays), in that order."""
+    indices = np.asarray(indices, np.int64)
+    if indices.size and not (0 <= indices.min() and indices.max() < self.num_examples):
+      raise IndexError(f"indices out of range for {self.num_examples} token examples")
+    shards, rows = np.divmod(indices, self.shard_size)
+    out: dict[str, np.ndarray] = {}
+    for shard in np.unique(shards):
+      where = np.flatnonzero(shards == shard)
+      for key, values in self._shard(int(shard)).items():
+        if key not in out:
+          out[key] = np.empty((len(indices),) + values.shape[1:], values.dtype)
+        elif values.dtype.kind == "U" and values.dtype.itemsize > out[key].dtype.itemsize:
+          out[key] = out[key].astype(values.dtype)  # A wider string field in this shard.
+        out[key][where] = values[rows[where]]
+    return out
 
   def batches(self, batch_size: int, start_step: int = 0, *, seed: int = 0,
               shuffle: bool = True, num_epochs: int | None = None,

@@ -123,6 +123,25 @@ def test_shapes_source_batches_and_cache(tmp_path):
     np.testing.assert_array_equal(cached[i]["image"], source[i]["image"])
     assert cached[i]["metadata"] == source[i]["metadata"]
     np.testing.assert_array_equal(cached[i]["text_ids"], source[i]["text_ids"])
+  # Batched reads (one gather from the cache, or rendering) equal stacking the examples, in
+  # order, duplicates included; the iterator uses them, threaded or not.
+  order = np.array([39, 0, 5, 5, 17])
+  for src in (source, cached):
+    gathered = src.get_batch(order)
+    stacked = pipeline.stack_examples([src[int(i)] for i in order])
+    assert sorted(gathered) == sorted(stacked)
+    for key, value in stacked.items():
+      np.testing.assert_array_equal(gathered[key], value, err_msg=key)
+      assert gathered[key].dtype.kind == value.dtype.kind, key
+  with pytest.raises(IndexError):
+    cached.get_batch(np.array([40]))
+  inline = next(pipeline.batch_iterator(cached, batch_size=8, seed=2, start_step=3))
+  threaded = next(pipeline.batch_iterator(cached, batch_size=8, seed=2, start_step=3,
+                                          num_threads=2))
+  uncached = next(pipeline.batch_iterator(source, batch_size=8, seed=2, start_step=3))
+  for key in ("image", "text_ids", "caption"):
+    np.testing.assert_array_equal(inline[key], threaded[key])
+    np.testing.assert_array_equal(inline[key], uncached[key])
   stamp = os.path.getmtime(os.path.join(cfg.cache_dir, files[1]))
   pipeline.make_source(cfg, "train")  # Reuses the cache.
   assert os.path.getmtime(os.path.join(cfg.cache_dir, files[1])) == stamp

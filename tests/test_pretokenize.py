@@ -47,6 +47,16 @@ def _check_complete(directory, source, expected):
   assert first[0]["tokens"].shape == (4, 4, 4)
   resumed = next(reader.batches(4, 2, seed=1, process_index=0, process_count=1))
   np.testing.assert_array_equal(resumed["tokens"], first[2]["tokens"])
+  # The vectorised gather equals stacking items, in the given order, across shards.
+  order = np.array([10, 0, 4, 4, 7, 2, 9])
+  gathered = reader.get_batch(order)
+  stacked = pipeline.stack_examples([reader[int(i)] for i in order])
+  assert sorted(gathered) == sorted(stacked)
+  for key, value in stacked.items():
+    np.testing.assert_array_equal(gathered[key], value, err_msg=key)
+    assert gathered[key].dtype.kind == value.dtype.kind, key
+  with pytest.raises(IndexError):
+    reader.get_batch(np.array([0, 11]))
   return reader
 
 

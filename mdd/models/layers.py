@@ -177,9 +177,13 @@ class TransformerBlock(nn.Module):
     x = x + Attention(name="self_attn", **attn_kw)(h, positions=positions,
                                                    context_mask=self_mask)
     if self.cross_attention:
+      # cuDNN's fused attention rejects the text's key length (measured on an H200 with jax
+      # 0.11.2: "Unsupported sequence length Q 256, KV 65"); the text is short, so XLA's.
+      cross_kw = dict(attn_kw, implementation=None if self.attention_impl == "cudnn"
+                      else self.attention_impl)
       h = RMSNorm(name="cross_attn_norm", **kw)(x)
-      x = x + Attention(name="cross_attn", **attn_kw)(h, context=context,
-                                                      context_mask=context_mask)
+      x = x + Attention(name="cross_attn", **cross_kw)(h, context=context,
+                                                       context_mask=context_mask)
     h = RMSNorm(name="mlp_norm", **kw)(x)
     x = x + SwiGLU(self.mlp_dim, name="mlp", **kw)(h)
     return constrain(x, ("act_batch", "act_len", "act_embed"))

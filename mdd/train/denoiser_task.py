@@ -44,7 +44,7 @@ from mdd.train import state as state_lib
 class DenoiserSystem:
   """Everything the step, the evaluation and the sampler share. Built by `system_from_config`."""
   denoiser: denoiser_lib.Denoiser
-  text_encoder: Any  # text_encoders.ByteEncoder (trainable) or FrozenTextEncoder (host side)
+  text_encoder: Any  # Byte/WordEncoder (trainable, in the step) or FrozenTextEncoder (host side)
   neighbours: jax.Array | None  # [V, K] int32 GCE table (None for loss_type="ce" only)
   neighbour_weights: jax.Array | None
   masking: masking_lib.MaskingConfig
@@ -83,7 +83,7 @@ class DenoiserSystem:
     if self.trainable_text:
       ids = batch["text_ids"]
       mask = jnp.arange(ids.shape[1])[None, :] < batch["text_len"][:, None]
-      return self.text_encoder.apply({"params": params["text"]}, ids, mask), mask
+      return self.text_encoder.apply({"params": params["text"]}, ids, mask)
     if "text_emb" not in batch:
       raise ValueError("a frozen text encoder needs batches with 'text_emb' (use make_batches)")
     return batch["text_emb"], batch["text_mask"].astype(bool)
@@ -234,7 +234,7 @@ def system_from_config(config, *, vocab_size: int | None = None, neighbours=None
       attention_impl=dcfg.get("attention_impl", "") or None)
   if text_encoder is None:
     text_encoder = text_encoders.text_encoder_from_config(config.text)
-  if isinstance(text_encoder, text_encoders.ByteEncoder):
+  if isinstance(text_encoder, (text_encoders.ByteEncoder, text_encoders.WordEncoder)):
     text_encoder = text_encoder.clone(dtype=_dtype(dcfg.dtype),
                                       param_dtype=_dtype(dcfg.param_dtype))
   return DenoiserSystem(

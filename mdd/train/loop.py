@@ -102,6 +102,16 @@ def restore_eval_params(ckpt_dir: str, abstract_part, path: tuple[str, ...] = ()
   return nn.unbox(restored.get("ema_params", restored["params"])), int(step)
 
 
+def jit_train_step(task: Task, state_shardings, step_rng: jax.Array):
+  """`step(state, batch, step) -> (state, metrics)`, jitted once with the state's shardings;
+  the old state's buffers are donated. Step `k` uses the key `fold_in(step_rng, k)`."""
+  def step_fn(state, batch, step):
+    return task.train_step(state, batch, jax.random.fold_in(step_rng, step))
+
+  return jax.jit(step_fn, in_shardings=(state_shardings, None, None),
+                 out_shardings=(state_shardings, None), donate_argnums=(0,))
+
+
 def _check_finite(metrics: dict[str, float], step: int, name: str):
   bad = [k for k, v in metrics.items() if not math.isfinite(v)]
   if bad:
@@ -128,12 +138,7 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
   # State: restored or fresh, laid out by the logical rules.
   state, state_shardings, start_step = restore_or_init(task, manager, mesh, rules, init_rng)
 
-  # Step: jitted once with the state's shardings; the old state's buffers are donated.
-  def step_fn(state, batch, step):
-    return task.train_step(state, batch, jax.random.fold_in(step_rng, step))
-
-  jit_step = jax.jit(step_fn, in_shardings=(state_shardings, None, None),
-                     out_shardings=(state_shardings, None), donate_argnums=(0,))
+  jit_step = jit_train_step(task, state_shardings, step_rng)
 
   log_every = max(1, int(loop_cfg.get("log_every", 50)))
   ckpt_every = max(1, int(loop_cfg.get("ckpt_every", 500)))

@@ -317,7 +317,7 @@ def run_check(impl: str, interpret: bool = False, log=print) -> bool:
   return ok
 
 
-def _trace_kernel_times(trace_dir: str) -> dict[str, float]:
+def trace_kernel_times(trace_dir: str) -> dict[str, float]:
   """Device-kernel time (ms) by kernel name from the Perfetto trace jax.profiler wrote."""
   import glob
   import gzip
@@ -360,7 +360,7 @@ def run_profile(point, impls, reps, log, gpu_blocks=None):
         for _ in range(reps):
           out = grad_fn(x, w)
         jax.block_until_ready(out)
-      totals = _trace_kernel_times(trace_dir)
+      totals = trace_kernel_times(trace_dir)
     per_step = {name: ms / reps for name, ms in totals.items()}
     top = sorted(per_step.items(), key=lambda kv: -kv[1])
     row = dict(impl=impl, device_ms_per_step=sum(per_step.values()),

@@ -52,8 +52,11 @@ def get_config(arg=None):
   # Denoiser, text encoder, masking + edit corruption, GCE loss, training.
   c.update(denoiser_defaults.default_config())
   c.text.max_len = c.data.max_text_len
+  # Hashed words instead of bytes: 17 text tokens instead of 64, a ~1.4x faster step on 2 cores
+  # (mdd.experiments.speed), spent on more steps.
+  c.text.kind = "word"
   # Sized so the whole pipeline fits 15 min on 2 cores: small batches, many steps.
-  c.denoiser_train.num_steps = 1400
+  c.denoiser_train.num_steps = 2100
   c.denoiser_train.batch_size = 32
   c.denoiser_train.optim.lr = 1e-3
   c.denoiser_train.optim.warmup_steps = 100

@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 os.environ["JAX_PLATFORMS"] = "cpu"
 _flag = "--xla_force_host_platform_device_count=8"
 if _flag not in os.environ.get("XLA_FLAGS", ""):
@@ -9,3 +11,21 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
 # Keep TensorFlow (used by TFDS) off any accelerator and quiet.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+@pytest.fixture
+def check_get_batch():
+  """`check(source, order)`: `source.get_batch(order)` equals stacking `source[i]` in order."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from mdd.data import pipeline  # pylint: disable=import-outside-toplevel
+
+  def check(source, order):
+    gathered = source.get_batch(np.asarray(order))
+    stacked = pipeline.stack_examples([source[int(i)] for i in order])
+    assert sorted(gathered) == sorted(stacked)
+    for key, value in stacked.items():
+      np.testing.assert_array_equal(gathered[key], value, err_msg=key)
+      assert gathered[key].dtype.kind == value.dtype.kind, key
+
+  return check
+

@@ -53,8 +53,7 @@ def read_batch(source: RandomAccessSource, indices: np.ndarray) -> Batch:
   """The examples `indices` of `source`, stacked: `source.get_batch` when it has one."""
   if hasattr(source, "get_batch"):
     return source.get_batch(np.asarray(indices))
-  examples = [source[int(i)] for i in indices]
-  return stack_examples(examples)
+  return stack_examples([source[int(i)] for i in indices])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,8 +112,7 @@ class ShapeGenSource:
     if indices.size and not (0 <= indices.min() and indices.max() < self.num_examples):
       raise IndexError(f"indices out of range for {self.num_examples} examples")
     if self._images is None:
-      examples = [self._generate(int(i)) for i in indices]
-      return stack_examples(examples)
+      return stack_examples([self._generate(int(i)) for i in indices])
     texts = [self._texts[int(i)] for i in indices]
     return {"image": np.asarray(self._images[indices]),
             "caption": np.array([t[0] for t in texts]), "tag": np.array([t[1] for t in texts]),
@@ -369,6 +367,8 @@ def batch_iterator(source: RandomAccessSource, *, batch_size: int, seed: int,
       yield finish(read_batch(source, indices), valid)
     return
 
+  # Batched sources get one task per batch (their gather is vectorised); others one per example.
+  batched = hasattr(source, "get_batch")
   with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
     pending = collections.deque()
 
@@ -376,17 +376,16 @@ def batch_iterator(source: RandomAccessSource, *, batch_size: int, seed: int,
       step = next(steps, None)
       if step is not None:
         indices, valid = indices_for(step)
-        if hasattr(source, "get_batch"):  # One task per batch: the gather is vectorised.
+        if batched:
           futures = [pool.submit(source.get_batch, indices)]
         else:
           futures = [pool.submit(source.__getitem__, int(i)) for i in indices]
         pending.append((futures, valid))
 
     def stacked(futures) -> Batch:
-      if hasattr(source, "get_batch"):
+      if batched:
         return futures[0].result()
-      examples = [f.result() for f in futures]
-      return stack_examples(examples)
+      return stack_examples([f.result() for f in futures])
 
     for _ in range(max(prefetch, 1)):
       submit_next()

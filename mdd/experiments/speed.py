@@ -12,9 +12,11 @@ For each stage of the config, at its real sizes (model, batch, vocabulary, loss 
   loop_ms   the train loop's own pattern over `--steps` steps: host batch, device_put, async
             step; ~max(host_ms, step_ms) when the two overlap, their sum when they do not;
   sampler   ms per batch of `eval.shapes_geneval.batch_size` prompts with the config's sampler.
-With `--profile`, a profiler trace of the train steps adds the device time per step and its top
-kernels (the trace parser of `pallas_kernels.bench.gce`). Nothing is trained to quality (fresh parameters, random neighbour table): the numbers are speed
-only. A table goes to stdout and everything to `--out` (JSON) with the hardware.
+With `--profile` (GPU/TPU), a profiler trace of the train steps adds the device time per step
+and its top kernels (the trace parser of `pallas_kernels.bench.gce`). Nothing is trained to
+quality (fresh parameters, random neighbour table): the numbers are speed only. A table goes to
+stdout and everything to `--out` (JSON, rewritten after each stage) with the hardware; a stage
+that fails is recorded under `errors`, the others still run, and the exit status is non-zero.
 """
 
 from __future__ import annotations

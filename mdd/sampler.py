@@ -52,6 +52,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mdd import hashing
+
 SCHEDULES = ("cosine", "linear", "shifted", "list")
 UNMASK_POLICIES = ("confidence", "halton", "stratified", "entropy")
 EDIT_MODES = ("overwrite", "remask")
@@ -359,20 +361,11 @@ def _halton_rank(height: int, width: int) -> np.ndarray:
 # not change with batch size, position in the batch or sharding.
 
 
-def _mix32(x: jax.Array) -> jax.Array:
-  """murmur3's 32-bit finaliser: a bijection of uint32 with full avalanche."""
-  x = x ^ (x >> 16)
-  x = x * jnp.uint32(0x85EBCA6B)
-  x = x ^ (x >> 13)
-  x = x * jnp.uint32(0xC2B2AE35)
-  return x ^ (x >> 16)
-
-
 def step_seed(seeds: jax.Array, step: jax.Array) -> jax.Array:
   """uint32 [..., 2] per-sample seeds -> the seeds of scan step `step` (distinct per step)."""
   step = jnp.asarray(step, jnp.uint32)
-  first = _mix32(seeds[..., 0] + step * jnp.uint32(0x9E3779B9))
-  second = _mix32(seeds[..., 1] ^ _mix32(step + jnp.uint32(0x7F4A7C15)))
+  first = hashing.mix32(seeds[..., 0] + step * jnp.uint32(0x9E3779B9))
+  second = hashing.mix32(seeds[..., 1] ^ hashing.mix32(step + jnp.uint32(0x7F4A7C15)))
   return jnp.stack([first, second], axis=-1)
 
 
@@ -380,9 +373,9 @@ def counter_uniform(seed: jax.Array, shape: tuple[int, int]) -> jax.Array:
   """float32 `shape` uniforms in (0, 1) from a uint32 [2] seed; bijective in row and column."""
   rows = jax.lax.broadcasted_iota(jnp.uint32, shape, 0)
   cols = jax.lax.broadcasted_iota(jnp.uint32, shape, 1)
-  h = _mix32(rows * jnp.uint32(0x9E3779B9) ^ seed[0])
-  h = _mix32((h ^ seed[1]) + cols * jnp.uint32(0x27D4EB2F))
-  h = _mix32(h + seed[0] * jnp.uint32(0x165667B1))
+  h = hashing.mix32(rows * jnp.uint32(0x9E3779B9) ^ seed[0])
+  h = hashing.mix32((h ^ seed[1]) + cols * jnp.uint32(0x27D4EB2F))
+  h = hashing.mix32(h + seed[0] * jnp.uint32(0x165667B1))
   # 24 bits, centred in their bin, so neither 0 nor 1 is ever produced (Gumbel needs log(-log u)).
   return ((h >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
 

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mdd import hashing
 from mdd.data import text as text_lib
 from mdd.models import layers
 
@@ -41,17 +42,22 @@ KINDS = ("byte", "word", "minilm", "t5")
 
 
 # --------------------------------------------------------------------------------------------
-# byte: trainable.
+# byte and word: trainable, inside the train step.
 
 
-class ByteEncoder(nn.Module):
-  """A small pre-norm Transformer over UTF-8 byte ids (RoPE positions along the text)."""
+class TrainableTextEncoder(nn.Module):
+  """The size and dtypes shared by the trainable encoders; `__call__(ids, mask)` returns
+  (features [B, S, width], mask [B, S])."""
   width: int = 128
   depth: int = 2
   num_heads: int = 4
   mlp_dim: int = 384
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+
+
+class ByteEncoder(TrainableTextEncoder):
+  """A small pre-norm Transformer over UTF-8 byte ids (RoPE positions along the text)."""
 
   @nn.compact
   def __call__(self, ids: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -60,8 +66,8 @@ class ByteEncoder(nn.Module):
     return _embed_and_encode(self, ids, mask, text_lib.VOCAB_SIZE, "byte_embed"), mask
 
 
-def _embed_and_encode(module: nn.Module, ids: jax.Array, mask: jax.Array, vocab: int,
-                      embed_name: str) -> jax.Array:
+def _embed_and_encode(module: TrainableTextEncoder, ids: jax.Array, mask: jax.Array,
+                      vocab: int, embed_name: str) -> jax.Array:
   """Embedding + `depth` pre-norm blocks (1-D RoPE) + final norm, inside `module`'s scope."""
   kw = dict(dtype=module.dtype, param_dtype=module.param_dtype)
   emb_init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed"))
@@ -72,7 +78,7 @@ def _embed_and_encode(module: nn.Module, ids: jax.Array, mask: jax.Array, vocab:
     x = layers.TransformerBlock(num_heads=module.num_heads,
                                 head_dim=module.width // module.num_heads,
                                 mlp_dim=module.mlp_dim, name=f"block_{i}", **kw)(
-                                    x, positions, self_mask=mask.astype(bool))
+                                    x, positions, self_mask=mask)
   return layers.RMSNorm(name="final_norm", **kw)(x)
 
 
@@ -87,15 +93,6 @@ def _is_word_byte(byte: jax.Array) -> jax.Array:
   """ASCII letters and digits, and every byte >= 128 (so UTF-8 letters stay inside words)."""
   return (((byte >= ord("a")) & (byte <= ord("z"))) | ((byte >= ord("A")) & (byte <= ord("Z")))
           | ((byte >= ord("0")) & (byte <= ord("9"))) | (byte >= 128))
-
-
-def _mix32(h: jax.Array) -> jax.Array:
-  """A 32-bit avalanche finaliser, so nearby hashes land in unrelated buckets."""
-  h = h ^ (h >> 16)
-  h = h * jnp.uint32(0x85EBCA6B)
-  h = h ^ (h >> 13)
-  h = h * jnp.uint32(0xC2B2AE35)
-  return h ^ (h >> 16)
 
 
 def word_ids(ids: jax.Array, mask: jax.Array, num_buckets: int,
@@ -127,22 +124,17 @@ def word_ids(ids: jax.Array, mask: jax.Array, num_buckets: int,
       rows, jnp.where(keep, word, max_words)].add(terms, mode="drop")
   count = jnp.minimum(jnp.sum(start, axis=1), max_words - 1)  # [B]
   slots = jnp.arange(max_words)[None, :]
-  out = (2 + _mix32(hashes) % jnp.uint32(num_buckets)).astype(jnp.int32)
+  # The avalanche mix sends nearby hashes to unrelated buckets.
+  out = (2 + hashing.mix32(hashes) % jnp.uint32(num_buckets)).astype(jnp.int32)
   out = jnp.where(slots < count[:, None], out, WORD_PAD_ID)
   out = jnp.where(slots == count[:, None], WORD_END_ID, out)
   return out, slots <= count[:, None]
 
 
-class WordEncoder(nn.Module):
+class WordEncoder(TrainableTextEncoder):
   """A small pre-norm Transformer over hashed words pooled from byte ids (see `word_ids`)."""
   num_buckets: int = 4096
   max_words: int = 16
-  width: int = 128
-  depth: int = 1
-  num_heads: int = 4
-  mlp_dim: int = 384
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, ids: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -44,7 +44,7 @@ from mdd.train import state as state_lib
 class DenoiserSystem:
   """Everything the step, the evaluation and the sampler share. Built by `system_from_config`."""
   denoiser: denoiser_lib.Denoiser
-  text_encoder: Any  # Byte/WordEncoder (trainable, in the step) or FrozenTextEncoder (host side)
+  text_encoder: Any  # TrainableTextEncoder (byte/word, in the step) or FrozenTextEncoder (host)
   neighbours: jax.Array | None  # [V, K] int32 GCE table (None for loss_type="ce" only)
   neighbour_weights: jax.Array | None
   masking: masking_lib.MaskingConfig
@@ -234,7 +234,7 @@ def system_from_config(config, *, vocab_size: int | None = None, neighbours=None
       attention_impl=dcfg.get("attention_impl", "") or None)
   if text_encoder is None:
     text_encoder = text_encoders.text_encoder_from_config(config.text)
-  if isinstance(text_encoder, (text_encoders.ByteEncoder, text_encoders.WordEncoder)):
+  if isinstance(text_encoder, text_encoders.TrainableTextEncoder):
     text_encoder = text_encoder.clone(dtype=_dtype(dcfg.dtype),
                                       param_dtype=_dtype(dcfg.param_dtype))
   return DenoiserSystem(

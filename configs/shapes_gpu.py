@@ -7,16 +7,14 @@ log and metrics.jsonl. The whole pipeline:
 
 Args: `v18` (2^18 codes, the paper's largest vocabulary), `runlocal` (a short smoke run).
 
-Status (2026-11-28, one H200, jax 0.11.2): not yet run to the end. Measured
-(`benchmarks/speed_h200_shapes_gpu.json`, `docs/runs/shapes_gpu_2026-11-28_attempt.log`):
-the ShapeGen cache renders 100k images in 5.8 s; the tokenizer stage takes 179 s (1000 steps at
-8.4 steps/s, device-bound: 117 ms/step, host 1 ms) and reaches 39.2 dB PSNR / SSIM 0.987 on
-1000 held-out images; pretokenize 10 s; the denoiser runs at ~6 steps/s (batch 128, 86.5M
-params with the 2^16-row embedding and head), so 4000 steps need ~11 min: the whole run should
-take ~16-17 min, inside the issue's 20, but longer than one 10-minute call of the lent machine
-(resume it in a second call). Its ShapeGenEval is unmeasured. Why the `S` step is this slow
-(~80 TFLOP/s of useful work) is open: `python -m mdd.experiments.speed
---config=configs/shapes_gpu.py --profile` traces it.
+Measured (2026-11-29, one H200, jax 0.11.2; `docs/runs/shapes_gpu_2026-11-29.json` and `.log`):
+ShapeGenEval **0.686** overall with guidance 6 (single 0.96, two 0.87, counting 0.42, colors
+0.97, position 0.47, color_attr 0.43), and **0.737** re-sampling the same model with guidance 3
+(now the default here; 10 gives 0.620, 32 steps 0.704). Stage times summed over the two device
+calls it took (a call is at most 10 min; the second resumed from checkpoints): 689 s = 11.5
+min: tokenizer 175 s (1000 steps, 40.4 dB PSNR), pretokenize 10 s, denoiser 4000 steps at
+21 steps/s, sample 32 s, eval 80 s. Since then the tokenizer's upsampling no longer scatters
+its gradient (88% of its GPU step), predicted to cut its 175 s to ~40 s (unmeasured).
 """
 
 import ml_collections
@@ -68,6 +66,8 @@ def get_config(arg=None):
   c.denoiser_train.tensorboard = False
 
   c.sampler.num_steps = 16
+  # Same model re-sampled: guidance 3 gives 0.737, 6 (the CPU default's) 0.686, 10 0.620.
+  c.sampler.guidance_scale = 3.0
   c.eval.shapes_geneval.batch_size = 256
   c.sample.batch_size = 64
 

@@ -159,3 +159,17 @@ def test_remat_gives_the_same_gradients():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                nn.unbox(g_plain), nn.unbox(g_remat))
   assert float(jnp.abs(nn.unbox(g_plain)["block_0"]["mlp"]["wo"]["kernel"]).max()) > 0
+
+
+def test_token_embedding_gradient_is_a_float32_scatter():
+  """The bfloat16 model gathers token embeddings from the float32 table, so the embedding
+  gradient is a float32 scatter-add (a bfloat16 one dominated the H200 step time)."""
+  tokens, text, mask, ratio = _inputs()
+  model = _model(dtype=jnp.bfloat16)
+  params = denoiser_lib.init_params(model, jax.random.key(0), text_dim=8)
+  loss = lambda p: jnp.sum(model.apply({"params": p}, tokens, text, mask, ratio,
+                                       return_hidden=True).astype(jnp.float32) ** 2)
+  hlo = jax.jit(jax.grad(loss)).lower(params).as_text()
+  scatters = re.findall(r'"stablehlo.scatter".*?-> tensor<([0-9x]+)x(\w+)>', hlo, re.S)
+  assert scatters, "no embedding scatter found"
+  assert {dtype for _, dtype in scatters} == {"f32"}, scatters

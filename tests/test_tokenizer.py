@@ -222,3 +222,18 @@ def test_tokenizer_rejects_an_unknown_encoder():
   model = tokenizer_lib.Tokenizer(channels=(8, 8, 16), encoder_kind="vit")
   with pytest.raises(ValueError, match="encoder must be 'conv' or 'patch'"):
     model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3), jnp.uint8))
+
+
+def test_nearest_upsample_matches_resize_and_has_no_scatter_gradient():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 5, 4)), jnp.bfloat16)
+  want = jax.image.resize(x, (2, 6, 10, 4), "nearest")
+  np.testing.assert_array_equal(np.asarray(tokenizer_lib.upsample_nearest_2x(x), np.float32),
+                                np.asarray(want, np.float32))
+  weights = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, 10, 4)), jnp.float32)
+  loss = lambda f: lambda v: jnp.sum(f(v).astype(jnp.float32) * weights)
+  grad = jax.grad(loss(tokenizer_lib.upsample_nearest_2x))(x)
+  ref = jax.grad(loss(lambda v: jax.image.resize(v, (2, 6, 10, 4), "nearest")))(x)
+  np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(ref, np.float32),
+                             rtol=1e-2, atol=1e-2)
+  hlo = jax.jit(jax.grad(loss(tokenizer_lib.upsample_nearest_2x))).lower(x).as_text()
+  assert "stablehlo.scatter" not in hlo

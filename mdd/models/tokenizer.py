@@ -201,12 +201,23 @@ class Decoder(nn.Module):
       for block in range(self.num_res_blocks + 1):
         h = ResBlock(self.channels[level], self.dtype, name=f"up{level}_block{block}")(h)
       if level > 0:
-        batch, height, width, channels = h.shape
-        h = jax.image.resize(h, (batch, 2 * height, 2 * width, channels), "nearest")
+        h = upsample_nearest_2x(h)
         h = _conv(self.channels[level], dtype=self.dtype, name=f"up{level}_upsample")(h)
     features = nn.swish(_norm(self.channels[0], "norm_out", self.dtype)(h))
     images = _conv(3, dtype=self.dtype, name="conv_out")(features).astype(jnp.float32)
     return images, features
+
+
+def upsample_nearest_2x(x: Array) -> Array:
+  """[B, H, W, C] -> [B, 2H, 2W, C], each pixel repeated 2x2 (= `jax.image.resize` "nearest").
+
+  A broadcast + reshape, so the gradient is a sum over each 2x2 block: `jax.image.resize`
+  gathers, and its gradient is a bfloat16 scatter-add that took 88% of the H200's time in the
+  GPU tokenizer step (benchmarks/NOTES.md).
+  """
+  batch, height, width, channels = x.shape
+  x = jnp.broadcast_to(x[:, :, None, :, None, :], (batch, height, 2, width, 2, channels))
+  return x.reshape(batch, 2 * height, 2 * width, channels)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -114,6 +114,10 @@ def validate(config) -> list[str]:
       "loss.ce_mix", "masking.edit_fraction", "denoiser_train.cfg_drop_prob",
       "sampler.edit_threshold",
   ], problems)
+  for path in ("denoiser.width", "denoiser.depth", "denoiser.num_heads", "denoiser.mlp_dim"):
+    value = _get(config, path)
+    if value is not None and (not isinstance(value, int) or value < 0):
+      problems.append(f"{path}={value!r}: must be an int >= 0 (0 = the variant's)")
   loss_mode = _get(config, "loss.mode")
   if loss_mode is not None and loss_mode not in ("soft", "marginal"):
     problems.append(f"loss.mode={loss_mode!r}: must be 'soft' or 'marginal'")

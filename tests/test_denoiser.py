@@ -173,3 +173,10 @@ def test_token_embedding_gradient_is_a_float32_scatter():
   scatters = re.findall(r'"stablehlo.scatter".*?-> tensor<([0-9x]+)x(\w+)>', hlo, re.S)
   assert scatters, "no embedding scatter found"
   assert {dtype for _, dtype in scatters} == {"f32"}, scatters
+
+
+def test_variant_shape_overrides():
+  model = denoiser_lib.Denoiser.from_variant("mu", 64, depth=6, width=0, mlp_dim=256)
+  assert (model.width, model.depth, model.num_heads, model.mlp_dim) == (128, 6, 4, 256)
+  params = denoiser_lib.init_params(model, jax.random.key(0), text_dim=8)
+  assert sorted(k for k in params if k.startswith("block_")) == [f"block_{i}" for i in range(6)]

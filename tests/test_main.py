@@ -38,7 +38,9 @@ def test_each_problem_is_one_clear_line():
   config.mesh.data = 0
   config.mesh.fsdp = -1
   config.data.source = "folder"
+  config.denoiser.depth = -2
   problems = config_validation.validate(config)
+  assert any(p.startswith("denoiser.depth=-2: must be an int >= 0") for p in problems)
   assert any("mode='trian'" in p for p in problems)
   assert any(p.startswith("mesh.data=0") for p in problems)
   assert any(p.startswith("data.folder: required") for p in problems)

@@ -19,6 +19,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.denoiser = ml_collections.ConfigDict()
   c.denoiser.variant = "mu"       # mu | S | B | L | XL | 1B | 3B (table in models/denoiser.py)
   c.denoiser.vocab_size = 0       # 0 = the tokenizer's codebook size (set by the pipeline)
+  c.denoiser.width = 0            # 0 = the variant's; non-zero overrides it (so do the next 3)
+  c.denoiser.depth = 0
+  c.denoiser.num_heads = 0
+  c.denoiser.mlp_dim = 0
   c.denoiser.dtype = "bfloat16"   # compute dtype; master weights are param_dtype
   c.denoiser.param_dtype = "float32"
   c.denoiser.qk_norm = True

@@ -86,9 +86,14 @@ class Denoiser(nn.Module):
 
   @classmethod
   def from_variant(cls, variant: str, vocab_size: int, **kwargs) -> "Denoiser":
+    """The variant's shape; a non-zero `width`, `depth`, `num_heads` or `mlp_dim` overrides it."""
     v = decode_variant(variant)
-    return cls(vocab_size=vocab_size, width=v.width, depth=v.depth, num_heads=v.num_heads,
-               mlp_dim=v.mlp_dim, **kwargs)
+    shape = dict(width=v.width, depth=v.depth, num_heads=v.num_heads, mlp_dim=v.mlp_dim)
+    for name in shape:
+      value = kwargs.pop(name, 0)
+      if value:
+        shape[name] = int(value)
+    return cls(vocab_size=vocab_size, **shape, **kwargs)
 
   @property
   def mask_id(self) -> int:

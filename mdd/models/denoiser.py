@@ -122,14 +122,10 @@ class Denoiser(nn.Module):
     # Unit-scale token embeddings: the residual stream starts as token identity at O(1), not
     # drowned by the conditioning vector or the first blocks' outputs.
     emb_init = nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed"))
-    # Rows V+1 (codes + mask) rounded up to 128 so the vocab axis shards evenly. The gather reads
-    # the float32 table and casts after it, so the gradient's scatter-add is float32: a bfloat16
-    # one was 87% of the H200's time in the `S` step (benchmarks/NOTES.md), and it summed the
-    # thousands of updates to a frequent code (the background) in bfloat16.
-    x = nn.Embed(embedding_rows(self.vocab_size), self.width, embedding_init=emb_init,
-                 name="token_embed", dtype=self.param_dtype, param_dtype=self.param_dtype)(
-                     tokens.reshape(batch, height * width))
-    x = layers.constrain(x.astype(self.dtype), ("act_batch", "act_len", "act_embed"))
+    # Rows V+1 (codes + mask) rounded up to 128 so the vocab axis shards evenly.
+    x = layers.Embed(embedding_rows(self.vocab_size), self.width, embedding_init=emb_init,
+                     name="token_embed", **kw)(tokens.reshape(batch, height * width))
+    x = layers.constrain(x, ("act_batch", "act_len", "act_embed"))
 
     # Conditioning vector: mask ratio (and micro-conditions) -> MLP -> added to every token.
     cond = layers.sinusoidal_embedding(mask_ratio * 1000.0, 256)

@@ -71,10 +71,7 @@ def _embed_and_encode(module: TrainableTextEncoder, ids: jax.Array, mask: jax.Ar
   """Embedding + `depth` pre-norm blocks (1-D RoPE) + final norm, inside `module`'s scope."""
   kw = dict(dtype=module.dtype, param_dtype=module.param_dtype)
   emb_init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed"))
-  # Gather from the float32 table, then cast: a float32 gradient scatter-add (as token_embed
-  # in mdd/models/denoiser.py).
-  x = nn.Embed(vocab, module.width, embedding_init=emb_init, name=embed_name,
-               dtype=module.param_dtype, param_dtype=module.param_dtype)(ids).astype(module.dtype)
+  x = layers.Embed(vocab, module.width, embedding_init=emb_init, name=embed_name, **kw)(ids)
   steps = jnp.arange(ids.shape[1], dtype=jnp.float32)
   positions = jnp.stack([steps, steps], axis=-1)  # 1-D text: both RoPE halves follow t.
   for i in range(module.depth):

@@ -33,11 +33,14 @@ def main():
       jax.random.normal(rng, (16, 4)), ("embed", "mlp"))}
   state, _ = sharding.create_sharded_state(init, mesh, sharding.DEFAULT_RULES, jax.random.key(0))
   w_sum = jax.jit(lambda s: jnp.sum(s["w"].value))(state)
-  print(json.dumps({
-      "process": pid, "processes": jax.process_count(), "devices": jax.device_count(),
-      "global_shape": list(batch["x"].shape), "total": float(total),
-      "w_spec": str(state["w"].value.sharding.spec), "w_sum": float(w_sum),
-  }), flush=True)
+  # The result goes to a file the test names: gloo's C++ logging shares stdout and can land on the
+  # same line as a printed result.
+  with open(os.environ["MDD_WORKER_RESULT"], "w") as f:
+    json.dump({
+        "process": pid, "processes": jax.process_count(), "devices": jax.device_count(),
+        "global_shape": list(batch["x"].shape), "total": float(total),
+        "w_spec": str(state["w"].value.sharding.spec), "w_sum": float(w_sum),
+    }, f)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mdd.models import gather
+
 Array = jax.Array
 
 
@@ -84,9 +86,8 @@ def dense_nearest(queries: Array, codebook: Array) -> Array:
 
 
 def code_usage_counts(ids: Array, vocab_size: int) -> Array:
-  """How often each code occurs in `ids` ([V] float32); segment-sum, no one-hot."""
-  flat = ids.reshape(-1)
-  return jax.ops.segment_sum(jnp.ones_like(flat, jnp.float32), flat, num_segments=vocab_size)
+  """How often each code occurs in `ids` ([V] float32); by sorting (no one-hot, no scatter)."""
+  return gather.count_ids(ids, vocab_size)
 
 
 def perplexity(counts: Array) -> Array:
@@ -205,7 +206,7 @@ class VectorQuantizer(nn.Module):
 
   def embed(self, ids: Array) -> Array:
     """ids [B, h, w] -> decoder input features [B, h, w, out_features]."""
-    return self.out_proj(jnp.take(self.codebook(), ids, axis=0).astype(self.dtype))
+    return self.out_proj(gather.take_rows(self.codebook(), ids).astype(self.dtype))
 
   def __call__(self, z: Array) -> tuple[Array, dict[str, Array]]:
     """Quantises encoder features with the straight-through estimator.
@@ -216,7 +217,8 @@ class VectorQuantizer(nn.Module):
     """
     encodings = self.project(z)
     ids = self.lookup(encodings)
-    codes = jnp.take(self.codebook(), ids, axis=0)
+    # take_rows: its gradient sorts instead of scattering (a few codes take most tokens).
+    codes = gather.take_rows(self.codebook(), ids)
     codebook_loss = jnp.mean(jnp.square(jax.lax.stop_gradient(encodings) - codes))
     commitment_loss = jnp.mean(jnp.square(encodings - jax.lax.stop_gradient(codes)))
     # Straight-through: forward uses the code, backward passes the gradient to the encoding.

@@ -12,6 +12,7 @@ region regenerated for the prompt: `edit_box="top,left,bottom,right"` (pixels) o
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from mdd import editing, generation, visualize
+from mdd import editing, fileio, generation, visualize
 
 
 def _prompts(sample_cfg) -> list[str]:
@@ -93,7 +94,8 @@ def _edit_setup(gen: generation.Generator, sample_cfg, count: int):
 
 
 def run(config, workdir: str):
-  """Writes DIR/samples/: one PNG per sample, grid.png, trajectory.gif."""
+  """Writes DIR/samples/: one PNG per sample, grid.png, trajectory.gif, done.json (what they
+  were drawn with; returns None without drawing when it matches)."""
   sample_cfg = config.sample
   gen = generation.Generator.from_workdir(workdir, config)
   prompts = _prompts(sample_cfg)
@@ -103,6 +105,17 @@ def run(config, workdir: str):
   out_dir = os.path.join(workdir, sample_cfg.get("outdir", "samples"))
   os.makedirs(out_dir, exist_ok=True)
   batch_size = int(sample_cfg.get("batch_size", 16))
+  # What the samples depend on (checkpoint step, sampler, this section): a re-run that finds
+  # the same record (the pipeline resuming after a kill) keeps them instead of re-drawing.
+  record = json.loads(json.dumps({**gen.fingerprint(gen.sampler_config()),
+                                  "sample": sample_cfg.to_dict()}, default=str, sort_keys=True))
+  done_path = os.path.join(out_dir, "done.json")
+  if os.path.exists(done_path):
+    with open(done_path, encoding="utf-8") as f:
+      if json.load(f) == record:
+        print(f"sample: {out_dir} already holds these samples (denoiser step {gen.step}); "
+              f"delete {done_path} to draw them again", flush=True)
+        return None
   setup = _edit_setup(gen, sample_cfg, len(all_prompts))
 
   images, first = [], None
@@ -140,6 +153,7 @@ def run(config, workdir: str):
                                   gen.decode, gen.mask_id, initial_tokens=initial,
                                   scale=int(sample_cfg.get("gif_scale", 4)))
   edits = np.asarray(stats["num_edited"]).sum(axis=1).tolist()
+  fileio.write_json_atomic(done_path, record)
   print(f"sample: wrote {len(images)} images to {out_dir} (denoiser step {gen.step}); "
         f"edits per step {edits}", flush=True)
   return images

@@ -69,6 +69,18 @@ def test_rerun_resumes_instead_of_starting_over(trained):
   assert "already trained to step 4" in result.stderr + result.stdout
 
 
+def test_sample_rerun_keeps_matching_samples_and_redraws_on_a_change(trained):
+  workdir, _ = trained
+  grid = os.path.join(workdir, "samples", "grid.png")
+  before = os.path.getmtime(grid)
+  result = _main(workdir, "--config.mode=sample")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "already holds these samples" in result.stdout and os.path.getmtime(grid) == before
+  result = _main(workdir, "--config.mode=sample", "--config.sampler.temperature=0.5")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "sample: wrote 4 images" in result.stdout and os.path.getmtime(grid) > before
+
+
 def test_same_seed_same_sample_any_batch(trained):
   from mdd import generation  # pylint: disable=import-outside-toplevel
   workdir, _ = trained

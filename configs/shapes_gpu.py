@@ -7,14 +7,16 @@ log and metrics.jsonl. The whole pipeline:
 
 Args: `v18` (2^18 codes, the paper's largest vocabulary), `runlocal` (a short smoke run).
 
-Measured (2026-11-29, one H200, jax 0.11.2; `docs/runs/shapes_gpu_2026-11-29.json` and `.log`):
-ShapeGenEval **0.686** overall with guidance 6 (single 0.96, two 0.87, counting 0.42, colors
-0.97, position 0.47, color_attr 0.43), and **0.737** re-sampling the same model with guidance 3
-(now the default here; 10 gives 0.620, 32 steps 0.704). Stage times summed over the two device
-calls it took (a call is at most 10 min; the second resumed from checkpoints): 689 s = 11.5
-min: tokenizer 175 s (1000 steps, 40.4 dB PSNR), pretokenize 10 s, denoiser 4000 steps at
-21 steps/s, sample 32 s, eval 80 s. Since then the tokenizer's upsampling no longer scatters
-its gradient (88% of its GPU step), predicted to cut its 175 s to ~40 s (unmeasured).
+Measured (2026-11-29, one H200, jax 0.11.2): with 12000 denoiser steps (this config),
+ShapeGenEval **0.859** (single 0.91, two 0.89, counting 0.71, colors 0.99, position 0.77,
+color_attr 0.88; `docs/runs/shapes_gpu_12k_2026-11-29.json` and `.log`); with 4000 steps 0.737
+(guidance 3) and 0.686 (guidance 6) (`docs/runs/shapes_gpu_2026-11-29.json`). Guidance 2 on
+the 12000-step model: 0.819. The tokenizer's reconstructions and the renders themselves score
+1.000, so the 64-px tokenizer does not cap the score. Time: the 12000-step run took three
+device calls (a call is at most 10 min); its stages ran with the tokenizer's old contended
+scatter (193 s, since removed: 110 -> 13 ms per step, `benchmarks/NOTES.md`). Uninterrupted,
+with the fix, it is estimated (not measured) at ~15 min: tokenizer ~80 s, denoiser ~710 s
+at ~17 steps/s including checkpoints, sample 36 s, eval ~80 s.
 """
 
 import ml_collections
@@ -57,7 +59,7 @@ def get_config(arg=None):
   c.denoiser.variant = "S"
   c.denoiser.attention_impl = "cudnn"
   c.loss.impl = "pallas"  # the fused GCE kernel
-  c.denoiser_train.num_steps = 4000
+  c.denoiser_train.num_steps = 12000  # 4000 gave 0.737; the loss still falls at 12000
   c.denoiser_train.batch_size = 128
   c.denoiser_train.optim.lr = 1e-3
   c.denoiser_train.optim.warmup_steps = 300
@@ -66,7 +68,8 @@ def get_config(arg=None):
   c.denoiser_train.tensorboard = False
 
   c.sampler.num_steps = 16
-  # Same model re-sampled: guidance 3 gives 0.737, 6 (the CPU default's) 0.686, 10 0.620.
+  # The 4000-step model re-sampled: guidance 3 gives 0.737, 6 (the CPU default's) 0.686, 10
+  # 0.620; the 12000-step model: 3 gives 0.859, 2 0.819.
   c.sampler.guidance_scale = 3.0
   c.eval.shapes_geneval.batch_size = 256
   c.sample.batch_size = 64

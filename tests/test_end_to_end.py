@@ -6,6 +6,8 @@ quality bars of the real default are measured by running `configs/shapes_tiny.py
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -79,6 +81,31 @@ def test_sample_rerun_keeps_matching_samples_and_redraws_on_a_change(trained):
   result = _main(workdir, "--config.mode=sample", "--config.sampler.temperature=0.5")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "sample: wrote 4 images" in result.stdout and os.path.getmtime(grid) > before
+
+
+def test_sigterm_saves_the_current_step_and_the_rerun_resumes_there(tmp_path):
+  """A kill by a scheduler or `timeout` loses no steps: SIGTERM saves, exits 143, resumes."""
+  workdir = str(tmp_path)
+  args = ["--config.pipeline_stages=train_tokenizer", "--config.tokenizer.num_steps=100000",
+          "--config.tokenizer.loop.log_every=1", "--config.tokenizer.loop.ckpt_every=100000"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  proc = subprocess.Popen([sys.executable, "-m", "mdd.main", "--config=configs/shapes_tiny.py",
+                           f"--workdir={workdir}", *TOY, *args], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  for line in proc.stdout:
+    if line.startswith("[tokenizer] step 3/"):
+      proc.send_signal(signal.SIGTERM)
+      break
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 143, err[-3000:]
+  (stopped,) = re.findall(r"stopped by SIGTERM after step (\d+)", err)
+  saved = int(stopped)
+  assert saved >= 3
+  assert os.listdir(os.path.join(workdir, "tokenizer", "checkpoints")) == [stopped]
+  result = _main(workdir, *args[:1], f"--config.tokenizer.num_steps={saved + 2}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"resuming from checkpoint step {saved}" in result.stderr + result.stdout
+  assert f"step {saved + 2}/{saved + 2}" in result.stdout
 
 
 def test_same_seed_same_sample_any_batch(trained):

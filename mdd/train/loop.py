@@ -7,10 +7,14 @@ can scan: shardings, state (fresh or restored), step, checkpoints, metrics, loop
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -35,6 +39,31 @@ class Task:
   num_steps: int
   evaluate: Callable[[Any], dict[str, float]] | None = None
   image_summaries: Callable[[Any, dict], dict[str, np.ndarray]] | None = None
+
+
+class Preempted(SystemExit):
+  """Training stopped on SIGTERM after saving a checkpoint; exits with status 143 (128 + 15)."""
+
+  def __init__(self, message: str):
+    super().__init__(143)
+    self.message = message
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+  """An Event set by SIGTERM while training (one process): the loop saves, then stops.
+
+  With several processes jax's preemption service owns SIGTERM and the loop asks the
+  checkpoint manager instead (`reached_preemption`: all processes agree on the step)."""
+  flag = threading.Event()
+  if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
+    yield flag
+    return
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
+  try:
+    yield flag
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def checkpoint_manager(directory: str, keep: int = 2, async_save: bool = True):
@@ -123,7 +152,8 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
   """Trains `task` to `task.num_steps`, resuming from DIR/<name>/checkpoints if present.
 
   loop_cfg fields: log_every, ckpt_every, summary_every (0 = off), keep_checkpoints,
-  eval_every (0 = only at the end). Returns the final state.
+  eval_every (0 = only at the end). Returns the final state. SIGTERM (a scheduler's
+  preemption, `timeout`) saves a checkpoint after the current step and raises `Preempted`.
   """
   out_dir = os.path.join(workdir, task.name)
   is_main = jax.process_index() == 0
@@ -154,7 +184,8 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
   batches = task.make_batches(start_step)
   pending: list[dict] = []
   t_last, steps_since = time.time(), 0
-  with mesh, nn.logical_axis_rules(list(rules)):
+  multi_process = jax.process_count() > 1
+  with mesh, nn.logical_axis_rules(list(rules)), _sigterm_flag() as sigterm:
     for step in range(start_step, total):
       host_batch = next(batches)
       batch = sharding_lib.shard_batch(host_batch, mesh)
@@ -179,8 +210,18 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
       if eval_every and task.evaluate and done % eval_every == 0 and done != total:
         writer.write_scalars(done, {f"eval/{k}": v for k, v in task.evaluate(state).items()
                                     if np.isscalar(v)})
-      if done % ckpt_every == 0 or done == total:
-        manager.save(done, args=ocp.args.StandardSave(state))
+      preempted = sigterm.is_set() or (multi_process and manager.reached_preemption(done))
+      if done % ckpt_every == 0 or done == total or preempted:
+        manager.save(done, args=ocp.args.StandardSave(state), force=preempted)
+      if preempted:
+        manager.wait_until_finished()
+        writer.flush()
+        writer.close()
+        manager.close()
+        message = (f"{task.name}: stopped by SIGTERM after step {done}; its checkpoint is saved, "
+                   "the same command resumes from it")
+        print(f"mdd: {message}", file=sys.stderr, flush=True)
+        raise Preempted(message)
   manager.wait_until_finished()
 
   # Final evaluation, written atomically next to the checkpoints.

@@ -28,13 +28,24 @@ def test_speed_measures_every_stage(tmp_path, capsys):
   assert "tokenizer" in table and "denoiser" in table and "sampler: 4 prompts x 2 steps" in table
 
 
+def test_speed_profiles_the_cpu_ops_by_kind(tmp_path):
+  out = tmp_path / "speed.json"
+  speed.main(["--config=configs/shapes_tiny.py:runlocal", "--steps=2", "--stages=denoiser",
+              "--profile", f"--out={out}", *_SMALL])
+  profile = json.loads(out.read_text())["denoiser"]["profile"]
+  assert profile["device_ms_per_step"] > 0 and profile["kernels"] and profile["kinds"]
+  kinds = [k["kind"] for k in profile["kinds"]]
+  assert not any("ThunkExecutor" in k or "ThreadPool" in k for k in kinds)  # ops only
+  assert all(not k[-1].isdigit() for k in kinds)  # instance numbers stripped
+
+
 def test_speed_records_a_failing_stage_and_exits_nonzero(tmp_path):
   out = tmp_path / "speed.json"
-  # The profiler trace has no device process on CPU: the stage fails, with its reason kept.
   with pytest.raises(SystemExit, match="denoiser"):
-    speed.main(["--config=configs/shapes_tiny.py:runlocal", "--steps=1", "--stages=denoiser",
-                "--profile", f"--out={out}", *_SMALL])
+    speed.main(["--config=configs/shapes_tiny.py:runlocal", "--steps=1",
+                "--stages=tokenizer,denoiser", f"--out={out}", *_SMALL,
+                "--set", "denoiser.variant=nope"])
   results = json.loads(out.read_text())
-  assert "no device process" in results["errors"]["denoiser"]
+  assert "nope" in results["errors"]["denoiser"] and "tokenizer" in results  # the other ran
   with pytest.raises(SystemExit, match="unknown stages"):
     speed.main(["--config=configs/shapes_tiny.py", "--stages=vae"])

@@ -12,8 +12,9 @@ For each stage of the config, at its real sizes (model, batch, vocabulary, loss 
   loop_ms   the train loop's own pattern over `--steps` steps: host batch, device_put, async
             step; ~max(host_ms, step_ms) when the two overlap, their sum when they do not;
   sampler   ms per batch of `eval.shapes_geneval.batch_size` prompts with the config's sampler.
-With `--profile` (GPU/TPU), a profiler trace of the train steps adds the device time per step
-and its top kernels (the trace parser of `pallas_kernels.bench.gce`). Nothing is trained to
+With `--profile`, a profiler trace of the train steps adds the device time per step, its top
+kernels and kernel kinds (the trace parser of `pallas_kernels.bench.gce`); on CPU the ops of the
+XLA threads, in thread time summed over cores (so it can exceed the step's wall time). Nothing is trained to
 quality (fresh parameters, random neighbour table): the numbers are speed only. A table goes to
 stdout and everything to `--out` (JSON, rewritten after each stage) with the hardware; a stage
 that fails is recorded under `errors`, the others still run, and the exit status is non-zero.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tempfile
 import time
 from typing import Any, Callable, Iterator, Sequence
@@ -54,8 +56,16 @@ def _profile(step: Callable[[int], Any], steps: int) -> dict:
     per_step = {name: ms / steps for name, ms in
                 gce_bench.trace_kernel_times(trace_dir).items()}
   top = sorted(per_step.items(), key=lambda kv: -kv[1])[:20]
+  # Kinds: names without their instance number (`loop_add_fusion_13`, `ynn_fusion.387`); on CPU
+  # hundreds of small ops share a kind, and the kinds are what says where time goes.
+  kinds: dict[str, float] = {}
+  for name, ms in per_step.items():
+    kind = re.sub(r"[._]\d+$", "", name)
+    kinds[kind] = kinds.get(kind, 0.0) + ms
+  top_kinds = sorted(kinds.items(), key=lambda kv: -kv[1])[:12]
   return {"device_ms_per_step": sum(per_step.values()),
-          "kernels": [{"name": name[:160], "ms": ms} for name, ms in top]}
+          "kernels": [{"name": name[:160], "ms": ms} for name, ms in top],
+          "kinds": [{"kind": kind[:160], "ms": ms} for kind, ms in top_kinds]}
 
 
 def _measure_task(task, mesh, rules, host_batches: Iterator[dict], steps: int,
@@ -192,6 +202,8 @@ def _table(results: dict) -> str:
     if profile:
       lines.append(f"{name} device time {profile['device_ms_per_step']:.2f} ms/step; top kernels:")
       lines += [f"  {k['ms']:8.2f} ms  {k['name'][:100]}" for k in profile["kernels"][:10]]
+      lines.append(f"{name} by kind:")
+      lines += [f"  {k['ms']:8.2f} ms  {k['kind'][:100]}" for k in profile.get("kinds", [])[:8]]
   if "sampler" in results:
     r = results["sampler"]
     lines.append(f"sampler: {r['batch_size']} prompts x {r['num_steps']} steps in "

@@ -332,11 +332,24 @@ def trace_kernel_times(trace_dir: str) -> dict[str, float]:
            if e.get("ph") == "M" and e.get("name") == "process_name"}
   device_pids = {pid for pid, name in names.items()
                  if "/device:GPU" in name or "/device:TPU" in name}
-  if not device_pids:
-    raise ValueError(f"no device process in the trace; processes: {sorted(names.values())}")
+  if device_pids:
+    keep = lambda e: e.get("pid") in device_pids  # noqa: E731
+  else:
+    # XLA CPU: the compiled ops run on the XLA threads of the host process; their times are
+    # thread time, summed over the cores that ran them. Scheduling events are not ops.
+    threads = {(e["pid"], e["tid"]) for e in events if e.get("ph") == "M"
+               and e.get("name") == "thread_name"
+               and e.get("args", {}).get("name", "").startswith("tf_XLA")}
+    if not threads:
+      raise ValueError(f"no device process or XLA CPU thread in the trace; processes: "
+                       f"{sorted(names.values())}")
+    bookkeeping = ("ThunkExecutor", "ThreadPool", "Threadpool", "end: ", "Wait:", "Rendezvous",
+                   "PjRt")
+    keep = lambda e: ((e.get("pid"), e.get("tid")) in threads  # noqa: E731
+                      and not any(b in e["name"] for b in bookkeeping))
   totals: dict[str, float] = {}
   for e in events:
-    if e.get("ph") == "X" and e.get("pid") in device_pids and "dur" in e:
+    if e.get("ph") == "X" and "dur" in e and keep(e):
       totals[e["name"]] = totals.get(e["name"], 0.0) + e["dur"] / 1e3
   return totals
 

@@ -67,8 +67,8 @@ def main():
       t_hint, _ = timeit(sorted_scatter, updates, ids_j)
       err = float(jnp.max(jnp.abs(got.astype(jnp.float32) - ref.astype(jnp.float32))))
       rows.append(dict(ids=dist, width=width, dtype=jnp.dtype(dtype).name,
-                       scatter_ms=t_scatter, sorted_scatter_ms=t_hint, sort_ms=t_sort, ratio=t_scatter / t_sort,
-                       max_abs_diff=err))
+                       scatter_ms=t_scatter, sorted_scatter_ms=t_hint, sort_ms=t_sort,
+                       ratio=t_scatter / t_sort, max_abs_diff=err))
   print(f"{'ids':<11} {'width':>5} {'dtype':<8} {'scatter ms':>10} {'sorted-hint ms':>14} "
         f"{'sort+scan ms':>12} {'ratio':>6} {'max|diff|':>9}")
   for r in rows:

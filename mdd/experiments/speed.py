@@ -14,10 +14,11 @@ For each stage of the config, at its real sizes (model, batch, vocabulary, loss 
   sampler   ms per batch of `eval.shapes_geneval.batch_size` prompts with the config's sampler.
 With `--profile`, a profiler trace of the train steps adds the device time per step, its top
 kernels and kernel kinds (the trace parser of `pallas_kernels.bench.gce`); on CPU the ops of the
-XLA threads, in thread time summed over cores (so it can exceed the step's wall time). Nothing is trained to
-quality (fresh parameters, random neighbour table): the numbers are speed only. A table goes to
-stdout and everything to `--out` (JSON, rewritten after each stage) with the hardware; a stage
-that fails is recorded under `errors`, the others still run, and the exit status is non-zero.
+XLA threads, in thread time summed over cores (so it can exceed the step's wall time). Nothing
+is trained to quality (fresh parameters, random neighbour table): the numbers are speed only. A
+table goes to stdout and everything to `--out` (JSON, rewritten after each stage) with the
+hardware; a stage that fails is recorded under `errors`, the others still run, and the exit
+status is non-zero.
 """
 
 from __future__ import annotations

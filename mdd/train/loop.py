@@ -185,6 +185,7 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
   pending: list[dict] = []
   t_last, steps_since = time.time(), 0
   multi_process = jax.process_count() > 1
+  preempted, done = False, start_step
   with mesh, nn.logical_axis_rules(list(rules)), _sigterm_flag() as sigterm:
     for step in range(start_step, total):
       host_batch = next(batches)
@@ -214,19 +215,13 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
       if done % ckpt_every == 0 or done == total or preempted:
         manager.save(done, args=ocp.args.StandardSave(state), force=preempted)
       if preempted:
-        manager.wait_until_finished()
-        writer.flush()
-        writer.close()
-        manager.close()
-        message = (f"{task.name}: stopped by SIGTERM after step {done}; its checkpoint is saved, "
-                   "the same command resumes from it")
-        print(f"mdd: {message}", file=sys.stderr, flush=True)
-        raise Preempted(message)
+        break
   manager.wait_until_finished()
 
-  # Final evaluation, written atomically next to the checkpoints.
+  # Final evaluation (not after a preemption), written atomically next to the checkpoints.
   eval_path = os.path.join(out_dir, "eval.json")
-  if task.evaluate is not None and (start_step < total or not os.path.exists(eval_path)):
+  if not preempted and task.evaluate is not None and (start_step < total
+                                                      or not os.path.exists(eval_path)):
     with mesh, nn.logical_axis_rules(list(rules)):
       results = task.evaluate(state)
     results = {k: (float(v) if np.isscalar(v) or np.ndim(v) == 0 else v)
@@ -239,4 +234,9 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
   writer.flush()
   writer.close()
   manager.close()
+  if preempted:
+    message = (f"{task.name}: stopped by SIGTERM after step {done}; its checkpoint is saved, "
+               "the same command resumes from it")
+    print(f"mdd: {message}", file=sys.stderr, flush=True)
+    raise Preempted(message)
   return state

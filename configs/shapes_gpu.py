@@ -7,16 +7,17 @@ log and metrics.jsonl. The whole pipeline:
 
 Args: `v18` (2^18 codes, the paper's largest vocabulary), `runlocal` (a short smoke run).
 
-Measured (2026-11-29, one H200, jax 0.11.2): with 12000 denoiser steps (this config),
-ShapeGenEval **0.859** (single 0.91, two 0.89, counting 0.71, colors 0.99, position 0.77,
-color_attr 0.88; `docs/runs/shapes_gpu_12k_2026-11-29.json` and `.log`); with 4000 steps 0.737
-(guidance 3) and 0.686 (guidance 6) (`docs/runs/shapes_gpu_2026-11-29.json`). Guidance 2 on
-the 12000-step model: 0.819. The tokenizer's reconstructions and the renders themselves score
-1.000, so the 64-px tokenizer does not cap the score. Time: the 12000-step run took three
-device calls (a call is at most 10 min); its stages ran with the tokenizer's old contended
-scatter (193 s, since removed: 110 -> 13 ms per step, `benchmarks/NOTES.md`). Uninterrupted,
-with the fix, it is estimated (not measured) at ~15 min: tokenizer ~80 s, denoiser ~710 s
-at ~17 steps/s including checkpoints, sample 36 s, eval ~80 s.
+Measured (2026-11-29, one H200, jax 0.11.2): this config (19000 denoiser steps) scores
+ShapeGenEval **0.923** over 2016 images (single 0.997, two 0.955, counting 0.795, colors 1.000,
+position 0.908, color_attr 0.881; `docs/runs/shapes_gpu_19k_2026-11-29.json` and `.log`);
+12000 steps gave 0.859 and 4000 steps 0.737 (guidance 3; 6 gave 0.686, 2 gave 0.819 at 12000).
+The tokenizer's reconstructions and the renders themselves score 1.000, so the 64-px tokenizer
+does not cap the score. Time: a device call is at most 10 min, so the run took three calls that
+resumed from checkpoints, 1420 s of pipeline wall in all; without the ~124 s the two restarts
+cost (start-up, re-compiling the train step, the SIGTERM saves) that is an estimated ~21.6 min
+uninterrupted: tokenizer 85 s, pretokenize 10 s, denoiser ~1075 s (892 s of steps at 21.3
+steps/s, a 68 s fresh-state init, a ~50 s compile, 23 s final eval, ~40 s of saves and slow
+windows), sample 32 s, eval 82 s. That is about 1.6 min over the 20-min target, not yet cut.
 """
 
 import ml_collections
@@ -59,12 +60,12 @@ def get_config(arg=None):
   c.denoiser.variant = "S"
   c.denoiser.attention_impl = "cudnn"
   c.loss.impl = "pallas"  # the fused GCE kernel
-  c.denoiser_train.num_steps = 12000  # 4000 gave 0.737; the loss still falls at 12000
+  c.denoiser_train.num_steps = 19000  # 4000: 0.737, 12000: 0.859, 19000: 0.923
   c.denoiser_train.batch_size = 128
   c.denoiser_train.optim.lr = 1e-3
   c.denoiser_train.optim.warmup_steps = 300
   c.denoiser_train.log_every = 200
-  c.denoiser_train.ckpt_every = 1000
+  c.denoiser_train.ckpt_every = 2500  # a save costs ~2 s of training; SIGTERM saves too
   c.denoiser_train.tensorboard = False
 
   c.sampler.num_steps = 16

@@ -17,7 +17,8 @@ V = 50
 
 
 def _model(**kw):
-  return denoiser_lib.Denoiser(vocab_size=V, width=32, depth=2, num_heads=2, mlp_dim=48, **kw)
+  kw = dict(dict(width=32, depth=2, num_heads=2, mlp_dim=48), **kw)
+  return denoiser_lib.Denoiser(vocab_size=V, **kw)
 
 
 def _inputs(batch=2, h=4, w=3, text_len=5, text_dim=8, seed=0):
@@ -127,8 +128,9 @@ _EXPECTED_B = [
 ]
 
 
-def test_b_variant_partition_specs_on_2x2x2_mesh():
-  model = denoiser_lib.Denoiser.from_variant("B", 16384)
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_b_variant_partition_specs_on_2x2x2_mesh(scan_layers):
+  model = denoiser_lib.Denoiser.from_variant("B", 16384, scan_layers=scan_layers)
   abstract = jax.eval_shape(lambda: denoiser_lib.init_params(model, jax.random.key(0),
                                                              text_dim=384))
   mesh = Mesh(np.array(jax.devices()).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
@@ -139,11 +141,16 @@ def test_b_variant_partition_specs_on_2x2x2_mesh():
   seen = 0
   for path, s in flat:
     name = "/".join(str(getattr(k, "key", k)) for k in path)
+    # Scanned blocks keep each weight's spec behind a replicated leading "layers" axis.
+    stacked = scan_layers and name.startswith("blocks/")
+    if stacked:
+      name = name.replace("blocks/", "block_0/", 1)
     matches = [spec for pattern, spec in _EXPECTED_B if re.fullmatch(pattern, name)]
     assert len(matches) == 1, name
-    assert s.spec == matches[0], (name, s.spec, matches[0])
+    expected = P(None, *matches[0]) if stacked else matches[0]
+    assert s.spec == expected, (name, s.spec, expected)
     seen += 1
-  assert seen == 10 + 12 * 18  # 10 top-level weights, 18 per block.
+  assert seen == 10 + (1 if scan_layers else 12) * 18  # 10 top-level weights, 18 per block.
 
 
 def test_remat_gives_the_same_gradients():
@@ -159,6 +166,42 @@ def test_remat_gives_the_same_gradients():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                nn.unbox(g_plain), nn.unbox(g_remat))
   assert float(jnp.abs(nn.unbox(g_plain)["block_0"]["mlp"]["wo"]["kernel"]).max()) > 0
+
+
+def _stack_blocks(params, depth):
+  """The unscanned params with block_0..block_{depth-1} stacked into the scanned layout."""
+  params = dict(nn.unbox(params))
+  blocks = [params.pop(f"block_{i}") for i in range(depth)]
+  params["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
+  return params
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_scan_layers_is_the_same_function(remat):
+  """Scanned blocks compute what the unrolled loop computes, forward and gradient, from the
+  same weights stacked; and scanning really stacks them (one "blocks" entry, depth first)."""
+  tokens, text, mask, ratio = _inputs()
+  plain, scanned = _model(depth=3), _model(depth=3, scan_layers=True, remat=remat)
+  params = _perturb_head(denoiser_lib.init_params(plain, jax.random.key(5), text_dim=8))
+  stacked = _stack_blocks(params, 3)
+  own = nn.unbox(denoiser_lib.init_params(scanned, jax.random.key(5), text_dim=8))
+  assert jax.tree.map(jnp.shape, own) == jax.tree.map(jnp.shape, stacked)
+  assert own["blocks"]["mlp"]["wo"]["kernel"].shape == (3, 48, 32)
+  # Each scanned layer gets its own initial weights.
+  assert not np.allclose(own["blocks"]["mlp"]["wo"]["kernel"][0],
+                         own["blocks"]["mlp"]["wo"]["kernel"][1])
+
+  def loss(model, p):
+    return jnp.sum(model.apply({"params": p}, tokens, text, mask, ratio) ** 2)
+
+  out_plain = plain.apply({"params": params}, tokens, text, mask, ratio)
+  out_scanned = scanned.apply({"params": stacked}, tokens, text, mask, ratio)
+  np.testing.assert_allclose(out_scanned, out_plain, rtol=1e-5, atol=1e-5)
+  g_plain = _stack_blocks(jax.jit(jax.grad(lambda p: loss(plain, p)))(params), 3)
+  g_scanned = jax.jit(jax.grad(lambda p: loss(scanned, p)))(stacked)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               g_scanned, g_plain)
+  assert float(jnp.abs(g_scanned["blocks"]["mlp"]["wo"]["kernel"][0]).max()) > 0
 
 
 def test_token_embedding_gradient_is_a_float32_scatter():

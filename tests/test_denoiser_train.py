@@ -83,8 +83,10 @@ def make_system(config, tiny=True, **kw):
   system = denoiser_task.system_from_config(config, vocab_size=VOCAB, neighbours=nbr,
                                             neighbour_weights=weights, **kw)
   if tiny:  # Smaller than `mu`, for the tests that compile several programs.
-    small = denoiser_lib.Denoiser(vocab_size=VOCAB, width=32, depth=1, num_heads=2, mlp_dim=64,
-                                  dtype=system.denoiser.dtype)
+    scan = system.denoiser.scan_layers  # Two scanned blocks, so the scan really loops.
+    small = denoiser_lib.Denoiser(vocab_size=VOCAB, width=32, depth=2 if scan else 1,
+                                  num_heads=2, mlp_dim=64, dtype=system.denoiser.dtype,
+                                  scan_layers=scan)
     system = dataclasses.replace(system, denoiser=small)
   return system, batch
 
@@ -107,10 +109,12 @@ def _mesh(devices, shape):
   return Mesh(np.array(devices).reshape(shape), ("data", "fsdp", "tensor"))
 
 
-def test_train_step_on_8_devices_equals_1_device():
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_train_step_on_8_devices_equals_1_device(scan_layers):
   # The model's own one-step draft as edit source: its Gumbel draws must not depend on the mesh.
   config = make_config(**{"denoiser.dtype": "float32", "loss.impl": "xla",
-                          "masking.edit_source": "draft", "masking.edit_fraction": 0.3})
+                          "masking.edit_source": "draft", "masking.edit_fraction": 0.3,
+                          "denoiser.scan_layers": scan_layers})
   config.denoiser_train.optim.warmup_steps = 0
   config.denoiser_train.ema_decay = 0.0
   system, batch = make_system(config)
@@ -130,8 +134,11 @@ def test_train_step_on_8_devices_equals_1_device():
     results.append((jax.device_get(nn.unbox(state.params)), jax.device_get(m),
                     jax.device_get(m2)))
     if mesh.size == 8:  # Weights really are sharded on the big mesh.
-      kernel = state.params["denoiser"]["block_0"]["mlp"]["wi_gate"]["kernel"].value
-      assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+      block = state.params["denoiser"]["blocks" if scan_layers else "block_0"]
+      kernel = block["mlp"]["wi_gate"]["kernel"].value
+      spec = ("fsdp", "tensor")
+      assert kernel.sharding.spec == jax.sharding.PartitionSpec(
+          *((None,) + spec if scan_layers else spec))
   (p1, m1, n1), (p8, m8, n8) = results
   for key in ("loss", "grad_norm"):
     np.testing.assert_allclose(m8[key], m1[key], rtol=1e-5)

@@ -21,6 +21,7 @@ def test_speed_measures_every_stage(tmp_path, capsys):
     r = results[stage]
     assert r["batch_size"] == 8  # Sharded over the 8 fake devices.
     assert 0 < r["host_ms"] and 0 < r["step_ms"] and 0 < r["loop_ms"] and r["compile_s"] > 0
+    assert r["init_s"] > 0
     assert r["steps_per_s"] == pytest.approx(1e3 / r["loop_ms"])
   assert results["sampler"]["batch_size"] == 4 and results["sampler"]["num_steps"] == 2
   assert results["sampler"]["images_per_s"] > 0

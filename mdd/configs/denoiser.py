@@ -27,6 +27,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.denoiser.param_dtype = "float32"
   c.denoiser.qk_norm = True
   c.denoiser.remat = False        # recompute blocks in the backward pass (large variants)
+  c.denoiser.scan_layers = False  # one scanned block, weights stacked on a "layers" axis
   c.denoiser.attention_impl = ""  # "" = XLA default; "cudnn" = cuDNN flash attention on GPU
 
   c.text = ml_collections.ConfigDict()

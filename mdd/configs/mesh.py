@@ -10,6 +10,7 @@ DEFAULT_RULES = (
     # Weights.
     ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("kv", None),
     ("vocab", "tensor"), ("conv_in", None), ("conv_out", "tensor"), ("codebook", None),
+    ("layers", None),  # the stacked blocks of `denoiser.scan_layers`
     # Activations.
     ("act_batch", ("data", "fsdp")), ("act_len", None), ("act_embed", None),
     ("act_heads", "tensor"), ("act_vocab", "tensor"),

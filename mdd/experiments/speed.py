@@ -80,7 +80,10 @@ def _measure_task(task, mesh, rules, host_batches: Iterator[dict], steps: int,
   out = {"host_ms": 1e3 * _timed(lambda: next(host_batches), max(steps // 2, 3))}
   _, shardings = loop.abstract_state(task, mesh, rules)
   with mesh, nn.logical_axis_rules(list(rules)):
+    start = time.perf_counter()  # A fresh state as the loop makes one: compile + run.
     state = jax.jit(task.init_state, out_shardings=shardings)(jax.random.key(0))
+    jax.block_until_ready(state)
+    out["init_s"] = time.perf_counter() - start
     step = loop.jit_train_step(task, shardings, jax.random.key(1))
     batch = sharding_lib.shard_batch(next(host_batches), mesh)
     start = time.perf_counter()
@@ -191,13 +194,14 @@ def measure_sampler(config, repeats: int) -> dict:
 
 
 def _table(results: dict) -> str:
-  lines = ["stage      batch  host ms  step ms  loop ms  steps/s  compile s",
-           "---------  -----  -------  -------  -------  -------  ---------"]
+  lines = ["stage      batch  host ms  step ms  loop ms  steps/s  init s  compile s",
+           "---------  -----  -------  -------  -------  -------  ------  ---------"]
   for name in ("tokenizer", "denoiser"):
     if name in results:
       r = results[name]
       lines.append(f"{name:<9}  {r['batch_size']:>5}  {r['host_ms']:>7.2f}  {r['step_ms']:>7.2f}"
-                   f"  {r['loop_ms']:>7.2f}  {r['steps_per_s']:>7.1f}  {r['compile_s']:>9.1f}")
+                   f"  {r['loop_ms']:>7.2f}  {r['steps_per_s']:>7.1f}  {r['init_s']:>6.1f}"
+                   f"  {r['compile_s']:>9.1f}")
   for name in ("tokenizer", "denoiser"):
     profile = results.get(name, {}).get("profile")
     if profile:

@@ -80,6 +80,9 @@ class Denoiser(nn.Module):
   num_micro_conds: int = 0  # Extra scalar conditions (e.g. resolution), besides the mask ratio.
   qk_norm: bool = True
   remat: bool = False  # Recompute each block in the backward pass (large variants).
+  # One block under `nn.scan` with weights stacked on a leading "layers" axis: the program holds
+  # one block instead of `depth`, so init and train-step compiles shrink; same function.
+  scan_layers: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str | None = None
@@ -160,14 +163,19 @@ class Denoiser(nn.Module):
         [text_mask & ~drop_text[:, None], jnp.ones((batch, 1), bool)], axis=1)
 
     positions = layers.grid_positions(height, width)
-    block = layers.TransformerBlock
-    if self.remat:
-      block = nn.remat(block, static_argnums=())
-    for i in range(self.depth):
-      x = block(num_heads=self.num_heads, head_dim=self.width // self.num_heads,
-                mlp_dim=self.mlp_dim, cross_attention=True, qk_norm=self.qk_norm,
-                attention_impl=self.attention_impl, name=f"block_{i}", **kw)(
-                    x, positions, context, context_mask)
+    block_kw = dict(num_heads=self.num_heads, head_dim=self.width // self.num_heads,
+                    mlp_dim=self.mlp_dim, cross_attention=True, qk_norm=self.qk_norm,
+                    attention_impl=self.attention_impl, **kw)
+    if self.scan_layers:
+      step = nn.remat(_ScanStep, prevent_cse=False) if self.remat else _ScanStep
+      blocks = nn.scan(step, variable_axes={"params": 0}, split_rngs={"params": True},
+                       in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=self.depth,
+                       metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = blocks(name="blocks", **block_kw)(x, positions, context, context_mask)
+    else:
+      block = nn.remat(layers.TransformerBlock) if self.remat else layers.TransformerBlock
+      for i in range(self.depth):
+        x = block(name=f"block_{i}", **block_kw)(x, positions, context, context_mask)
     x = layers.RMSNorm(name="final_norm", **kw)(x)
     if return_hidden:
       return x.reshape(batch, height, width, self.width)
@@ -175,6 +183,13 @@ class Denoiser(nn.Module):
                           kernel_init=nn.initializers.zeros, **kw)(x)
     logits = layers.constrain(logits, ("act_batch", "act_len", "act_vocab"))
     return logits.reshape(batch, height, width, self.vocab_size)
+
+
+class _ScanStep(layers.TransformerBlock):
+  """A block as an `nn.scan` body: (carry, broadcast inputs) -> (carry, None)."""
+
+  def __call__(self, x, positions, context, context_mask):  # pylint: disable=arguments-renamed
+    return super().__call__(x, positions, context, context_mask), None
 
 
 def init_params(model: Denoiser, rng: jax.Array, *, grid: tuple[int, int] = (4, 4),

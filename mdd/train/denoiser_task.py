@@ -231,6 +231,7 @@ def system_from_config(config, *, vocab_size: int | None = None, neighbours=None
   model = denoiser_lib.Denoiser.from_variant(
       dcfg.variant, vocab, dtype=_dtype(dcfg.dtype), param_dtype=_dtype(dcfg.param_dtype),
       qk_norm=bool(dcfg.qk_norm), remat=bool(dcfg.remat),
+      scan_layers=bool(dcfg.get("scan_layers", False)),
       attention_impl=dcfg.get("attention_impl", "") or None,
       **{k: int(dcfg.get(k, 0)) for k in ("width", "depth", "num_heads", "mlp_dim")})
   if text_encoder is None:

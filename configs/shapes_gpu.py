@@ -36,6 +36,10 @@ def get_config(arg=None):
   args = tiny._parse_arg(arg)  # pylint: disable=protected-access
   c = tiny.get_config()
 
+  # JAX's persistent compilation cache in DIR/jax_cache: a resumed run (a preempted job, the
+  # next 10-minute device call) loads the train step and sampler instead of compiling them.
+  c.compilation_cache_dir = "jax_cache"
+
   c.data.resolution = 64
   c.data.train_size = 100_000
   c.data.cache_dir = "data_cache"  # DIR/data_cache: rendered once (16 processes), then memmapped

@@ -31,6 +31,7 @@ def get_config(arg=None):
   c.pipeline_stages = "train_tokenizer,pretokenize,train,sample,eval"  # what pipeline runs
   c.seed = 0
   c.distributed = False  # jax.distributed.initialize() (also --distributed / MDD_DISTRIBUTED=1)
+  c.compilation_cache_dir = ""  # JAX's persistent compilation cache (relative: in the workdir)
 
   # Device mesh (data, fsdp, tensor) and logical-axis rules: mdd/configs/mesh.py.
   c.mesh = mesh_defaults.default_mesh(data=-1)

@@ -71,6 +71,20 @@ class _QuietLibraries(logging.Filter):
     return record.levelno >= logging.WARNING or not noisy
 
 
+def enable_compilation_cache(config, workdir: str) -> str:
+  """Turns on JAX's persistent compilation cache at `config.compilation_cache_dir` (relative:
+  under the workdir; "" = off), so a resumed run loads its programs instead of re-compiling
+  them. Returns the directory ("" when off)."""
+  cache = config.get("compilation_cache_dir", "")
+  if not cache:
+    return ""
+  import jax  # pylint: disable=import-outside-toplevel
+  path = os.path.join(workdir, os.path.expanduser(cache))
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  return path
+
+
 def main(argv):
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
   absl_logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -96,6 +110,7 @@ def main(argv):
     raise ValueError(problems[0])
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   os.makedirs(workdir, exist_ok=True)
+  enable_compilation_cache(config, workdir)
   data = config.get("data")
   if data is not None and data.get("cache_dir"):  # A relative cache lives in the workdir.
     data.cache_dir = os.path.join(workdir, os.path.expanduser(data.cache_dir))

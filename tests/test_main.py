@@ -76,3 +76,34 @@ def test_cli_reports_bad_config_in_one_line_and_exits_2(tmp_path):
 def test_cli_requires_workdir():
   result = _run_main("--config=configs/shapes_tiny.py")
   assert result.returncode != 0 and "--workdir is required" in result.stderr
+
+
+def test_compilation_cache_lives_in_the_workdir_and_is_reused(tmp_path):
+  """`compilation_cache_dir` (relative) puts JAX's persistent cache under the workdir; a second
+  process compiling the same program finds it there instead of adding another entry."""
+  script = (
+      "import sys, jax, jax.numpy as jnp, ml_collections\n"
+      "from mdd import main\n"
+      "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+      "c = ml_collections.ConfigDict({'compilation_cache_dir': 'jax_cache'})\n"
+      "print(main.enable_compilation_cache(c, sys.argv[1]))\n"
+      "hits = []\n"
+      "jax.monitoring.register_event_listener(\n"
+      "    lambda event, **kw: hits.append(event) if 'cache_hits' in event else None)\n"
+      "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8))).block_until_ready()\n"
+      "print(len(hits))\n")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  runs = [subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120) for _ in range(2)]
+  cache = tmp_path / "jax_cache"
+  assert runs[0].returncode == 0, runs[0].stderr[-2000:]
+  assert runs[0].stdout.split() == [str(cache), "0"]  # Compiled, no hit.
+  first = sorted(p.name for p in cache.iterdir())
+  assert first, "nothing was cached"
+  assert runs[1].returncode == 0, runs[1].stderr[-2000:]
+  path, hits = runs[1].stdout.split()
+  assert path == str(cache) and int(hits) >= 1  # Loaded from the cache.
+  assert sorted(p.name for p in cache.iterdir()) == first
+  off = ml_collections.ConfigDict({"compilation_cache_dir": ""})
+  from mdd import main as main_lib  # pylint: disable=import-outside-toplevel
+  assert main_lib.enable_compilation_cache(off, str(tmp_path)) == ""

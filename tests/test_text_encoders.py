@@ -74,10 +74,21 @@ def test_frozen_cache_reuses_embeddings():
   prompts = [str(p) for p in golden["prompts"][:3]]
   first, _ = encoder.encode(prompts + prompts[:1])
   again, _ = encoder.encode(prompts[::-1])
-  assert calls == [3]  # Duplicates and repeats never run the model again.
+  # One model call for the 3 distinct prompts (padded to 8 rows, the smallest bucket);
+  # duplicates and repeats never run the model again.
+  assert calls == [8]
   np.testing.assert_allclose(again, first[:3][::-1])
   encoder.encode(["a new prompt", prompts[0]])  # Evicts the oldest entry (cache_size 3).
-  assert calls == [3, 1] and len(encoder._cache) == 3
+  assert calls == [8, 8] and len(encoder._cache) == 3
+  # 9 new prompts: the next power of two; each row equals the prompt encoded alone.
+  many = [f"{n} red squares" for n in range(9)]
+  emb, mask = encoder.encode(many)
+  assert calls == [8, 8, 16]
+  alone = te.text_encoder_from_config(cfg)
+  for i in (0, 8):
+    one, one_mask = alone.encode([many[i]])
+    np.testing.assert_array_equal(one_mask[0], mask[i])
+    np.testing.assert_allclose(one[0], emb[i], atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["t5_tiny_golden", "t5_tiny_relu_golden"])

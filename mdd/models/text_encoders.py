@@ -526,7 +526,11 @@ class FrozenTextEncoder:
         rows[text] = self._cache[text]
     missing = list(dict.fromkeys(t for t in texts if t not in rows))
     if missing:
-      ids, mask = self.tokenizer.batch(missing, self.max_len)
+      # Pad the batch to a power of two (repeating a prompt), so training, whose batches miss
+      # any number of prompts, compiles the encoder a few times and not once per count.
+      padded = missing + missing[:1] * (max(8, 1 << (len(missing) - 1).bit_length())
+                                        - len(missing))
+      ids, mask = self.tokenizer.batch(padded, self.max_len)
       emb = np.asarray(self._apply(self.params, ids, mask), np.float32)
       for text, row, m in zip(missing, emb, mask):
         rows[text] = self._cache[text] = row[:int(m.sum())]

@@ -188,7 +188,7 @@ class Denoiser(nn.Module):
 class _ScanStep(layers.TransformerBlock):
   """A block as an `nn.scan` body: (carry, broadcast inputs) -> (carry, None)."""
 
-  def __call__(self, x, positions, context, context_mask):  # pylint: disable=arguments-renamed
+  def __call__(self, x, positions, context, context_mask):  # pylint: disable=arguments-differ
     return super().__call__(x, positions, context, context_mask), None
 
 

@@ -62,6 +62,7 @@ def get_config(arg=None):
   c.tokenizer.pretokenize.batch_size = 512
 
   c.denoiser.variant = "S"
+  c.denoiser.depth = 0  # the variant's 12 blocks (the CPU default overrides mu's depth)
   c.denoiser.attention_impl = "cudnn"
   c.loss.impl = "pallas"  # the fused GCE kernel
   c.denoiser_train.num_steps = 19000  # 4000: 0.737, 12000: 0.859, 19000: 0.923

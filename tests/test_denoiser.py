@@ -204,6 +204,25 @@ def test_scan_layers_is_the_same_function(remat):
   assert float(jnp.abs(g_scanned["blocks"]["mlp"]["wo"]["kernel"][0]).max()) > 0
 
 
+def test_unrolled_init_through_the_scan_matches_a_direct_init():
+  """`init_params` draws an unrolled model's blocks through the scanned layout: the same tree,
+  shapes and logical names as `model.init`, the same distributions, independent blocks."""
+  model = _model(depth=3, width=64, mlp_dim=256)
+  tokens, text, mask, ratio = _inputs()
+  boxed = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731
+  direct = model.init(jax.random.key(1), tokens, text, mask, ratio)["params"]
+  ours = denoiser_lib.init_params(model, jax.random.key(1), text_dim=8)
+  assert (jax.tree.structure(direct, is_leaf=boxed) == jax.tree.structure(ours, is_leaf=boxed))
+  for a, b in zip(jax.tree.leaves(direct, is_leaf=boxed), jax.tree.leaves(ours, is_leaf=boxed)):
+    assert a.names == b.names and a.value.shape == b.value.shape
+  for name in ("wi_gate", "wo"):
+    kernels = [np.asarray(ours[f"block_{i}"]["mlp"][name]["kernel"].value) for i in range(3)]
+    reference = np.asarray(direct["block_0"]["mlp"][name]["kernel"].value)
+    for k in kernels:
+      assert abs(k.std() / reference.std() - 1) < 0.1
+    assert not np.allclose(kernels[0], kernels[1])
+
+
 def test_token_embedding_gradient_is_a_float32_scatter():
   """The bfloat16 model gathers token embeddings from the float32 table, so the embedding
   gradient is a float32 scatter-add (a bfloat16 one dominated the H200 step time)."""

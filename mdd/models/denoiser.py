@@ -194,12 +194,40 @@ class _ScanStep(layers.TransformerBlock):
 
 def init_params(model: Denoiser, rng: jax.Array, *, grid: tuple[int, int] = (4, 4),
                 text_len: int = 4, text_dim: int = 8):
-  """Initial (boxed) params of `model`, including the head, from small dummy inputs."""
+  """Initial (boxed) params of `model`, including the head, from small dummy inputs.
+
+  An unrolled model's blocks are drawn through the scanned layout and then unstacked into
+  `block_0..`: the program holds one block's initialisers instead of `depth` copies (each random
+  array is its own kernel to compile; the H200 took 68 s to init the unrolled `S` state, 10 s
+  the scanned one). Each block still gets its own draws from the same distributions.
+  """
+  if not model.scan_layers and model.depth > 1:
+    stacked = init_params(model.clone(scan_layers=True), rng, grid=grid, text_len=text_len,
+                          text_dim=text_dim)
+    return _unstack_blocks(stacked, model.depth)
   tokens = jnp.zeros((1,) + tuple(grid), jnp.int32)
   text = jnp.zeros((1, text_len, text_dim), jnp.float32)
   return model.init(rng, tokens, text, jnp.ones((1, text_len), bool), jnp.ones((1,)),
                     micro_conds=(jnp.zeros((1, model.num_micro_conds))
                                  if model.num_micro_conds else None))["params"]
+
+
+def _unstack_blocks(params, depth: int):
+  """Scanned params ("blocks", leading "layers" axis) -> the unrolled "block_{i}" layout."""
+  params = dict(params)
+  blocks = params.pop("blocks")
+
+  def layer(leaf, i):
+    if isinstance(leaf, nn.Partitioned):
+      if leaf.names[0] != "layers":
+        raise ValueError(f"expected a leading 'layers' axis, got names {leaf.names}")
+      return leaf.replace(value=leaf.value[i], names=leaf.names[1:])
+    return leaf[i]
+
+  is_box = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731
+  for i in range(depth):
+    params[f"block_{i}"] = jax.tree.map(lambda leaf: layer(leaf, i), blocks, is_leaf=is_box)
+  return params
 
 
 def head_weights(params) -> jax.Array:

@@ -70,7 +70,7 @@ def get_config(arg=None):
   c.denoiser_train.optim.lr = 1e-3
   c.denoiser_train.optim.warmup_steps = 300
   c.denoiser_train.log_every = 200
-  c.denoiser_train.ckpt_every = 2500  # a save costs ~2 s of training; SIGTERM saves too
+  c.denoiser_train.ckpt_every = 5000  # a save costs ~2 s of training; SIGTERM saves too
   c.denoiser_train.tensorboard = False
 
   c.sampler.num_steps = 16
@@ -78,7 +78,9 @@ def get_config(arg=None):
   # 0.620; the 12000-step model: 3 gives 0.859, 2 0.819.
   c.sampler.guidance_scale = 3.0
   c.eval.shapes_geneval.batch_size = 256
-  c.sample.batch_size = 64
+  # The sample stage pads its batch to this size: the same shape as the eval's, so the eval
+  # stage reuses the sample stage's compiled sampler (~25 s on the H200) instead of compiling.
+  c.sample.batch_size = c.eval.shapes_geneval.batch_size
 
   if args.get("runlocal"):
     c.tokenizer.num_steps = 100

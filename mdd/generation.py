@@ -93,26 +93,45 @@ class Generator:
 
   def generate(self, prompts: list[str], seeds: list[int] | np.ndarray, *, tokens=None,
                fixed=None, sampler_cfg: sampler_lib.SamplerConfig | None = None,
-               decode: bool = True) -> dict[str, Any]:
-    """Samples one image per prompt; `tokens` (with mask ids) turns it into inpainting."""
+               decode: bool = True, pad_to: int | None = None) -> dict[str, Any]:
+    """Samples one image per prompt; `tokens` (with mask ids) turns it into inpainting.
+
+    `pad_to` runs a batch of that many rows (the last row repeated) and returns the first
+    `len(prompts)`: every call then has one shape and reuses one compiled sampler. Rows are
+    independent (each sample is decided by its seed), so padding changes no output.
+    """
     if len(prompts) != len(seeds):
       raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    n = len(prompts)
+    if pad_to is not None and pad_to < n:
+      raise ValueError(f"pad_to={pad_to} is smaller than the batch of {n} prompts")
     cfg = sampler_cfg or self.sampler_config()
-    logits_fn = _cached_logits_fn(self.system, self.grid_shape)
-    context = self.system.sampling_context(self.params, list(prompts))
+    logits_fn = _cached_logits_fn(self.system, self.config, self.grid_shape)
     if tokens is None:
-      tokens = jnp.full((len(prompts), *self.grid_shape), self.mask_id, jnp.int32)
+      tokens = jnp.full((n, *self.grid_shape), self.mask_id, jnp.int32)
+    prompts, seeds = list(prompts), np.asarray(seeds)
+    tokens = jnp.asarray(tokens, jnp.int32)
+    extra = (pad_to or n) - n
+    if extra:
+      prompts = prompts + prompts[-1:] * extra
+      seeds, tokens = _repeat_last(seeds, extra), _repeat_last(tokens, extra)
+      if fixed is not None:
+        fixed = _repeat_last(jnp.asarray(fixed), extra)
+    context = self.system.sampling_context(self.params, prompts)
     rng = jax.random.key(int(self.config.get("seed", 0)))
-    out = sampler_lib.sample(logits_fn, rng, jnp.asarray(tokens, jnp.int32), cfg,
-                             context=context, fixed=fixed,
-                             sample_index=jnp.asarray(np.asarray(seeds), jnp.int32))
-    result = {"tokens": np.asarray(out.tokens), "output": out}
-    if decode:
-      result["images"] = self.decode(out.tokens)
+    out = sampler_lib.sample(logits_fn, rng, tokens, cfg, context=context, fixed=fixed,
+                             sample_index=jnp.asarray(seeds, jnp.int32))
+    result = {}
+    if decode:  # The padded batch too: one compiled decoder.
+      result["images"] = self.decode(out.tokens)[:n]
+    if extra:
+      out = _first_rows(out, n)
+    result.update(tokens=np.asarray(out.tokens), output=out)
     return result
 
   def generate_fn(self, batch_size: int = 64, **sampler_overrides):
-    """`generate_fn(prompts, seeds) -> uint8 images` for the evaluation layouts."""
+    """`generate_fn(prompts, seeds) -> uint8 images` for the evaluation layouts (every chunk,
+    the last one too, runs at `batch_size` rows: one compiled sampler)."""
     cfg = self.sampler_config(**sampler_overrides)
 
     def generate_fn(prompts, seeds):
@@ -120,7 +139,7 @@ class Generator:
       for start in range(0, len(prompts), batch_size):
         chunk = slice(start, start + batch_size)
         images.append(self.generate(list(prompts[chunk]), list(seeds[chunk]),
-                                    sampler_cfg=cfg)["images"])
+                                    sampler_cfg=cfg, pad_to=batch_size)["images"])
       return np.concatenate(images, axis=0)
 
     generate_fn.fingerprint = self.fingerprint(cfg)
@@ -136,13 +155,33 @@ class Generator:
 _LOGITS_FNS: dict = {}
 
 
-def _cached_logits_fn(system, grid_shape):
-  # The sampler is jitted with logits_fn static: reuse one function object per model + grid so
-  # repeated calls hit the compilation cache.
-  key = (id(system), tuple(grid_shape))
+def _cached_logits_fn(system, config, grid_shape):
+  # The sampler is jitted with logits_fn static: one function object per model function + grid,
+  # so repeated calls hit the compilation cache, also across Generators of the same run (the
+  # pipeline's sample and eval stages each restore one). The model function is fixed by the
+  # config sections `system_from_config` reads and the vocabulary; the neighbour table only
+  # enters the loss, and the parameters arrive through `context`.
+  sections = {k: config[k].to_dict() for k in ("denoiser", "text", "masking", "loss")
+              if k in config}
+  key = (json.dumps(sections, sort_keys=True, default=str),
+         int(system.denoiser.vocab_size), tuple(grid_shape))
   if key not in _LOGITS_FNS:
     _LOGITS_FNS[key] = system.logits_fn(tuple(grid_shape))
   return _LOGITS_FNS[key]
+
+
+def _repeat_last(x, extra: int):
+  xp = np if isinstance(x, np.ndarray) else jnp
+  return xp.concatenate([x, xp.repeat(x[-1:], extra, axis=0)])
+
+
+def _first_rows(out: sampler_lib.SampleOutput, n: int) -> sampler_lib.SampleOutput:
+  """The first n samples of a SampleOutput (trajectory and per-step stats are [S, B, ...])."""
+  trajectory = out.trajectory
+  if trajectory is not None:
+    trajectory = jax.tree.map(lambda x: x[:, :n], trajectory)
+  stats = {k: (v if k in ("temperature", "guidance") else v[:, :n]) for k, v in out.stats.items()}
+  return sampler_lib.SampleOutput(tokens=out.tokens[:n], trajectory=trajectory, stats=stats)
 
 
 def _decode(tokenizer, params, tokens):

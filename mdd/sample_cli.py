@@ -124,7 +124,10 @@ def run(config, workdir: str):
     kwargs = {}
     if setup is not None:
       kwargs = dict(tokens=setup.tokens[start:stop], fixed=setup.fixed[start:stop])
-    result = gen.generate(all_prompts[start:stop], seeds[start:stop], **kwargs)
+    # Every batch at batch_size rows: one compiled sampler (the eval stage's too when their
+    # batch sizes agree, as configs/shapes_gpu.py sets them).
+    result = gen.generate(all_prompts[start:stop], seeds[start:stop], pad_to=batch_size,
+                          **kwargs)
     batch_images = result["images"]
     if setup is not None:
       part = jax_tree_slice(setup, start, stop)

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -116,6 +117,41 @@ def test_same_seed_same_sample_any_batch(trained):
   together = gen.generate(prompts, [5, 6, 7])["tokens"]
   alone = gen.generate(prompts[1:2], [6])["tokens"]
   np.testing.assert_array_equal(together[1], alone[0])
+
+
+def test_padded_batches_give_the_same_samples_and_one_compile(trained):
+  from mdd import generation  # pylint: disable=import-outside-toplevel
+  from mdd import sampler as sampler_lib  # pylint: disable=import-outside-toplevel
+  workdir, _ = trained
+  gen = generation.Generator.from_workdir(workdir)
+  prompts = ["a photo of a blue square", "a photo of a circle", "two triangles"]
+  alone = gen.generate(prompts, [5, 6, 7])
+  padded = gen.generate(prompts, [5, 6, 7], pad_to=5)
+  np.testing.assert_array_equal(padded["tokens"], alone["tokens"])
+  np.testing.assert_array_equal(padded["images"], alone["images"])
+  out, ref = padded["output"], alone["output"]
+  for a, b in zip(jax_leaves(out.trajectory) + [out.stats["num_edited"]],
+                  jax_leaves(ref.trajectory) + [ref.stats["num_edited"]]):
+    np.testing.assert_array_equal(a, b)  # per-sample records keep the 3 real rows only
+  np.testing.assert_array_equal(out.stats["temperature"], ref.stats["temperature"])
+  with pytest.raises(ValueError, match="pad_to=2 is smaller than the batch of 3"):
+    gen.generate(prompts, [5, 6, 7], pad_to=2)
+
+  # 7 prompts in chunks of 4 (the last one padded) run one sampler program, and a second
+  # Generator of the same run (the pipeline's eval stage after its sample stage) reuses it.
+  fresh = gen.sampler_config(temperature=0.7)  # a config no other test compiled
+  compiled = sampler_lib.sample._cache_size()  # pylint: disable=protected-access
+  images = gen.generate_fn(4, temperature=0.7)(prompts * 2 + prompts[:1], list(range(7)))
+  assert images.shape == (7, 32, 32, 3)
+  again = generation.Generator.from_workdir(workdir)
+  again.generate(prompts[:1], [0], sampler_cfg=fresh, pad_to=4)
+  assert sampler_lib.sample._cache_size() == compiled + 1  # pylint: disable=protected-access
+  np.testing.assert_array_equal(images[3], gen.generate(prompts[:1], [3], sampler_cfg=fresh)
+                                ["images"][0])
+
+
+def jax_leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
 def test_eval_scores_the_trained_model(trained, tmp_path):

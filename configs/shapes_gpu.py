@@ -7,17 +7,16 @@ log and metrics.jsonl. The whole pipeline:
 
 Args: `v18` (2^18 codes, the paper's largest vocabulary), `runlocal` (a short smoke run).
 
-Measured (2026-11-29, one H200, jax 0.11.2): this config (19000 denoiser steps) scores
-ShapeGenEval **0.923** over 2016 images (single 0.997, two 0.955, counting 0.795, colors 1.000,
-position 0.908, color_attr 0.881; `docs/runs/shapes_gpu_19k_2026-11-29.json` and `.log`);
-12000 steps gave 0.859 and 4000 steps 0.737 (guidance 3; 6 gave 0.686, 2 gave 0.819 at 12000).
+Measured (one H200, jax 0.11.2, `docs/runs/shapes_gpu_18k_2026-11-29.json` and `.log`): this
+config (18000 denoiser steps, a 32-step sampler) scores ShapeGenEval **0.928** over 2016 images
+(single 0.976, two 0.964, counting 0.759, colors 0.991, position 0.923, color_attr 0.952). The
+same checkpoint with 16 sampler steps: 0.885, 24: 0.911 (guidance 2 / 4 at 16 steps: 0.876 /
+0.896); session 6's 19000-step run scored 0.923 with 16 steps, 12000 steps 0.859, 4000 0.737.
 The tokenizer's reconstructions and the renders themselves score 1.000, so the 64-px tokenizer
-does not cap the score. Time: a device call is at most 10 min, so the run took three calls that
-resumed from checkpoints, 1420 s of pipeline wall in all; without the ~124 s the two restarts
-cost (start-up, re-compiling the train step, the SIGTERM saves) that is an estimated ~21.6 min
-uninterrupted: tokenizer 85 s, pretokenize 10 s, denoiser ~1075 s (892 s of steps at 21.3
-steps/s, a 68 s fresh-state init, a ~50 s compile, 23 s final eval, ~40 s of saves and slow
-windows), sample 32 s, eval 82 s. That is about 1.6 min over the 20-min target, not yet cut.
+does not cap the score. Time: a device call is at most 10 min, so the run took two calls (the
+second resumed from the SIGTERM checkpoint); the stages add up to an estimated **~18.4 min
+uninterrupted**: process start 6 s, tokenizer 86 s, pretokenize 10 s, denoiser ~916 s (init 11 s,
+compile ~40 s, 18000 steps at 21.4 steps/s, final eval + save 22 s), sample ~37 s, eval ~47 s.
 """
 
 import ml_collections
@@ -65,7 +64,7 @@ def get_config(arg=None):
   c.denoiser.depth = 0  # the variant's 12 blocks (the CPU default overrides mu's depth)
   c.denoiser.attention_impl = "cudnn"
   c.loss.impl = "pallas"  # the fused GCE kernel
-  c.denoiser_train.num_steps = 19000  # 4000: 0.737, 12000: 0.859, 19000: 0.923
+  c.denoiser_train.num_steps = 18000  # 16 sampler steps: 4000 0.737, 12000 0.859, 19000 0.923
   c.denoiser_train.batch_size = 128
   c.denoiser_train.optim.lr = 1e-3
   c.denoiser_train.optim.warmup_steps = 300
@@ -73,7 +72,9 @@ def get_config(arg=None):
   c.denoiser_train.ckpt_every = 5000  # a save costs ~2 s of training; SIGTERM saves too
   c.denoiser_train.tensorboard = False
 
-  c.sampler.num_steps = 16
+  # The 18000-step model: 16 steps 0.885, 24 0.911, 32 0.928; a scanned sampler compiles once
+  # whatever the count, and 32 steps cost ~20 s more over the 2016 evaluation images.
+  c.sampler.num_steps = 32
   # The 4000-step model re-sampled: guidance 3 gives 0.737, 6 (the CPU default's) 0.686, 10
   # 0.620; the 12000-step model: 3 gives 0.859, 2 0.819.
   c.sampler.guidance_scale = 3.0

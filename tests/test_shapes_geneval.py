@@ -334,12 +334,34 @@ def test_run_writes_json_with_heldout(tmp_path, monkeypatch):
   assert not calls
 
 
+def test_reference_generators_keep_the_models_layout_and_scores(tmp_path, monkeypatch):
+  """Measuring the ceiling (renders, tokenizer round trip) in a trained workdir loses nothing."""
+  small = _small_prompt_set(per_tag=1)
+  monkeypatch.setattr(sg, "load_prompts", lambda which="main": small)
+  truth = sg.groundtruth_generate_fn(small, 32)
+  blank = lambda prompts, seeds: np.zeros((len(prompts), 32, 32, 3), np.uint8)  # noqa: E731
+  blank.fingerprint = {"generator": "model", "step": 7}
+  model = sg.run(blank, str(tmp_path), images_per_prompt=1, batch_size=4)
+  model_png = tmp_path / "eval" / "shapes_geneval" / "main" / "00000" / "samples" / "0000.png"
+  before = model_png.read_bytes()
+  truth.fingerprint = {"generator": "groundtruth", "resolution": 32}
+  ceiling = sg.run(truth, str(tmp_path), images_per_prompt=1, batch_size=4,
+                   generator_name="groundtruth")
+  assert ceiling["overall"] == 1.0 and model["overall"] < 1.0
+  with open(tmp_path / "eval" / "shapes_geneval.json") as f:
+    assert json.load(f)["overall"] == model["overall"]
+  with open(tmp_path / "eval" / "shapes_geneval_groundtruth.json") as f:
+    assert json.load(f)["overall"] == 1.0
+  assert model_png.read_bytes() == before
+  assert (tmp_path / "eval" / "shapes_geneval_groundtruth" / "main" / "00000").is_dir()
+
+
 def test_cli_scores_layout_and_reports_missing_model_hook(tmp_path, monkeypatch, capsys):
   prompts = _small_prompt_set(per_tag=1)
   layout = str(tmp_path / "layout")
   geneval_layout.generate_layout(sg.groundtruth_generate_fn(prompts, 64), prompts, layout)
   sg.main(["--workdir", str(tmp_path / "wd"), "--layout", layout])
-  with open(tmp_path / "wd" / "eval" / "shapes_geneval.json") as f:
+  with open(tmp_path / "wd" / "eval" / "shapes_geneval_layout.json") as f:
     stored = json.load(f)
   assert stored["overall"] == 1.0 and stored["num_images"] == 24
   assert "**1.000**" in capsys.readouterr().out

@@ -32,10 +32,12 @@ Three parts:
   into it and writes `workdir/eval/shapes_geneval.json` ({"overall", "tags", "num_images",
   "markdown", ...}); overall = unweighted mean of the tag scores.
 
-CLI:
-  python -m mdd.eval.shapes_geneval --workdir DIR --generator=groundtruth   # the ceiling
-  python -m mdd.eval.shapes_geneval --workdir DIR --generator=model         # needs a checkpoint
-  python -m mdd.eval.shapes_geneval --workdir DIR --layout GENEVAL_OUT_DIR  # score a layout
+CLI (results in DIR/eval/shapes_geneval.json for the model, shapes_geneval_<generator>.json
+for the references, shapes_geneval_layout.json for a scored layout; none overwrites another):
+  python -m mdd.eval.shapes_geneval --workdir DIR --generator=groundtruth     # renders: 1.0
+  python -m mdd.eval.shapes_geneval --workdir DIR --generator=reconstruction  # tokenizer ceiling
+  python -m mdd.eval.shapes_geneval --workdir DIR --generator=model           # needs a checkpoint
+  python -m mdd.eval.shapes_geneval --workdir DIR --layout GENEVAL_OUT_DIR    # score a layout
 """
 
 from __future__ import annotations
@@ -571,15 +573,19 @@ def run(generate_fn: GenerateFn, workdir: str, images_per_prompt: int = 4,
   `which`: "main", "heldout", or "all" (main at the top level, heldout under "heldout").
   Layouts go to `workdir/eval/shapes_geneval/<set>/`; results to
   `workdir/eval/shapes_geneval.json`. `generate_fn(prompts, seeds) -> uint8 [B, H, W, 3]`.
+  Reference generators (`generator_name` "groundtruth" / "reconstruction") write to
+  `shapes_geneval_<name>/` and `shapes_geneval_<name>.json` instead, so measuring a ceiling in a
+  trained workdir keeps the model's layout and scores.
   """
   from mdd.eval import geneval_layout  # pylint: disable=g-import-not-at-top
   if which not in ("main", "heldout", "all"):
     raise ValueError(f"which must be 'main', 'heldout' or 'all', got {which!r}")
   sets = ("main", "heldout") if which == "all" else (which,)
   eval_dir = os.path.join(workdir, "eval")
+  name = _results_name(generator_name)
   summaries = {}
   for prompt_set in sets:
-    layout = os.path.join(eval_dir, "shapes_geneval", prompt_set)
+    layout = os.path.join(eval_dir, name, prompt_set)
     geneval_layout.generate_layout(generate_fn, load_prompts(prompt_set), layout,
                                    images_per_prompt=images_per_prompt, batch_size=batch_size,
                                    seed=seed, desc=f"ShapeGenEval {prompt_set}")
@@ -592,9 +598,17 @@ def run(generate_fn: GenerateFn, workdir: str, images_per_prompt: int = 4,
     result["markdown"] += "\n\n" + markdown_table(summaries["heldout"],
                                                   "ShapeGenEval heldout")
   os.makedirs(eval_dir, exist_ok=True)
-  with open(os.path.join(eval_dir, "shapes_geneval.json"), "w") as f:
+  with open(os.path.join(eval_dir, name + ".json"), "w") as f:
     json.dump(result, f, indent=2)
   return result
+
+
+def _results_name(generator_name: str) -> str:
+  """Where a generator's layout and JSON go under DIR/eval/: the model's (or an unnamed
+  generator's) as `shapes_geneval`, reference generators' and scored layouts' beside it."""
+  if generator_name in ("", "model"):
+    return "shapes_geneval"
+  return f"shapes_geneval_{generator_name}"
 
 
 def run_from_config(generate_fn: GenerateFn, workdir: str, cfg) -> dict:
@@ -627,7 +641,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       sys.exit(f"error: {e}")
     os.makedirs(os.path.join(args.workdir, "eval"), exist_ok=True)
     result["layout"] = os.path.abspath(args.layout)
-    with open(os.path.join(args.workdir, "eval", "shapes_geneval.json"), "w") as f:
+    with open(os.path.join(args.workdir, "eval", _results_name("layout") + ".json"), "w") as f:
       json.dump(result, f, indent=2)
   else:
     prompts = load_prompts("main") + load_prompts("heldout")

@@ -52,6 +52,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
+from mdd import fileio
 from mdd.data import palette
 
 PROMPT_SETS = ("main", "heldout")
@@ -597,9 +598,7 @@ def run(generate_fn: GenerateFn, workdir: str, images_per_prompt: int = 4,
     result["heldout"] = summaries["heldout"]
     result["markdown"] += "\n\n" + markdown_table(summaries["heldout"],
                                                   "ShapeGenEval heldout")
-  os.makedirs(eval_dir, exist_ok=True)
-  with open(os.path.join(eval_dir, name + ".json"), "w") as f:
-    json.dump(result, f, indent=2)
+  fileio.write_json_atomic(os.path.join(eval_dir, name + ".json"), result)
   return result
 
 
@@ -639,10 +638,9 @@ def main(argv: Sequence[str] | None = None) -> None:
       result = score_layout(args.layout)
     except ValueError as e:
       sys.exit(f"error: {e}")
-    os.makedirs(os.path.join(args.workdir, "eval"), exist_ok=True)
     result["layout"] = os.path.abspath(args.layout)
-    with open(os.path.join(args.workdir, "eval", _results_name("layout") + ".json"), "w") as f:
-      json.dump(result, f, indent=2)
+    fileio.write_json_atomic(os.path.join(args.workdir, "eval", _results_name("layout") + ".json"),
+                             result)
   else:
     prompts = load_prompts("main") + load_prompts("heldout")
     try:

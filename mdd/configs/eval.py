@@ -18,11 +18,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.shapes_geneval.images_per_prompt = 4   # GenEval's 4 samples per prompt
   c.shapes_geneval.batch_size = 64         # (prompt, seed) pairs per generate_fn call
   c.shapes_geneval.seed = 0
-  # Detector thresholds (ScorerSettings); calibrated on ShapeGen renders, see the tests.
+  # Detector thresholds (ScorerSettings): calibrated on renders, reconstructions and noise.
   c.shapes_geneval.coverage_threshold = 0.5
-  c.shapes_geneval.min_area_fraction = 0.008
-  c.shapes_geneval.min_confidence = 0.5
-  c.shapes_geneval.counting_min_confidence = 0.6
+  c.shapes_geneval.min_area_fraction = 0.01815  # 3/4 of the smallest ShapeGen object / side^2
+  c.shapes_geneval.min_confidence = 0.7
+  c.shapes_geneval.counting_min_confidence = 0.75
   c.shapes_geneval.position_margin = 0.1
 
   # Real GenEval / DPG-Bench: only write the layouts (their scorers run elsewhere).

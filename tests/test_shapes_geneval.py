@@ -1,6 +1,7 @@
 """ShapeGenEval: prompt set, GenEval's rules, detector calibration, layout scoring, runner, CLI."""
 
 import collections
+import dataclasses
 import io
 import json
 import os
@@ -367,6 +368,7 @@ def test_run_writes_json_with_heldout(tmp_path, monkeypatch):
   assert stored == json.loads(json.dumps(result))
   assert stored["overall"] == 1.0 and set(stored["tags"]) == set(palette.TAGS)
   assert stored["num_images"] == 2 * 6 and max(calls) <= 4
+  assert stored["scorer"] == dataclasses.asdict(sg.ScorerSettings())  # numbers name their scorer
   assert stored["heldout"]["num_images"] == 2 * 3
   assert set(stored["heldout"]["tags"]) == {"colors", "position", "color_attr"}
   assert "ShapeGenEval heldout" in stored["markdown"]

@@ -458,7 +458,8 @@ def score_layout(outdir: str, settings: ScorerSettings = ScorerSettings(),
   """Scores a GenEval layout (`<05d>/metadata.jsonl` + `<05d>/samples/<04d>.png`).
 
   Returns {"overall", "tags": {tag: accuracy}, "num_images", "num_prompts",
-  "correct_prompts" (fraction of prompts with at least one correct image), "markdown"}; writes
+  "correct_prompts" (fraction of prompts with at least one correct image), "scorer" (the
+  settings), "markdown"}; writes
   GenEval-style per-image results to `outdir/results_file` unless it is None.
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -486,7 +487,8 @@ def score_layout(outdir: str, settings: ScorerSettings = ScorerSettings(),
   tags.update({tag: float(np.mean(v)) for tag, v in per_tag.items() if tag not in tags})
   summary = {"overall": float(np.mean(list(tags.values()))), "tags": tags,
              "num_images": len(records), "num_prompts": len(entries),
-             "correct_prompts": float(np.mean(prompt_ok))}
+             "correct_prompts": float(np.mean(prompt_ok)),
+             "scorer": dataclasses.asdict(settings)}  # which thresholds made these numbers
   summary["markdown"] = markdown_table(summary)
   if results_file:
     with open(os.path.join(outdir, results_file), "w") as f:

@@ -7,16 +7,16 @@ log and metrics.jsonl. The whole pipeline:
 
 Args: `v18` (2^18 codes, the paper's largest vocabulary), `runlocal` (a short smoke run).
 
-Measured (one H200, jax 0.11.2, `docs/runs/shapes_gpu_18k_2026-11-29.json` and `.log`): this
-config (18000 denoiser steps, a 32-step sampler) scores ShapeGenEval **0.928** over 2016 images
-(single 0.976, two 0.964, counting 0.759, colors 0.991, position 0.923, color_attr 0.952). The
-same checkpoint with 16 sampler steps: 0.885, 24: 0.911 (guidance 2 / 4 at 16 steps: 0.876 /
-0.896); session 6's 19000-step run scored 0.923 with 16 steps, 12000 steps 0.859, 4000 0.737.
-The tokenizer's reconstructions and the renders themselves score 1.000, so the 64-px tokenizer
-does not cap the score. Time: a device call is at most 10 min, so the run took two calls (the
-second resumed from the SIGTERM checkpoint); the stages add up to an estimated **~18.4 min
-uninterrupted**: process start 6 s, tokenizer 86 s, pretokenize 10 s, denoiser ~916 s (init 11 s,
-compile ~40 s, 18000 steps at 21.4 steps/s, final eval + save 22 s), sample ~37 s, eval ~47 s.
+Measured (one H200, jax 0.11.2): this config end to end (session 8,
+`docs/runs/shapes_gpu_18k_2026-11-29_s8.json`) scores ShapeGenEval **0.891** over 2016 images
+with the v2 scorer (single 0.967, two 0.899, counting 0.723, colors 0.994, position 0.815,
+color_attr 0.946), 0.917 with v1, which credited noise (`docs/results.md`). Earlier runs, all v1
+(`docs/runs/shapes_gpu_18k_2026-11-29.json`): 0.928 at 32 sampler steps, 0.885 / 0.911 at 16 /
+24; session 6's 19000-step run 0.923 at 16 steps, 12000 steps 0.859, 4000 0.737. Time: a device
+call is at most 10 min, so a run takes several calls, each resuming from the last's SIGTERM
+checkpoint; the stages add up to an estimated **~19.6 min uninterrupted** (session 7's run:
+~18.4 min): tokenizer 98 s (with the ShapeGen cache), pretokenize 12 s, denoiser ~970 s
+(18000 steps at ~21 steps/s), sample 41 s, eval 38 s.
 """
 
 import ml_collections
@@ -64,7 +64,7 @@ def get_config(arg=None):
   c.denoiser.depth = 0  # the variant's 12 blocks (the CPU default overrides mu's depth)
   c.denoiser.attention_impl = "cudnn"
   c.loss.impl = "pallas"  # the fused GCE kernel
-  c.denoiser_train.num_steps = 18000  # 16 sampler steps: 4000 0.737, 12000 0.859, 19000 0.923
+  c.denoiser_train.num_steps = 18000  # v1, 16 sampler steps: 4000 0.737, 12000 0.859, 19000 0.923
   c.denoiser_train.batch_size = 128
   c.denoiser_train.optim.lr = 1e-3
   c.denoiser_train.optim.warmup_steps = 300
@@ -72,10 +72,10 @@ def get_config(arg=None):
   c.denoiser_train.ckpt_every = 5000  # a save costs ~2 s of training; SIGTERM saves too
   c.denoiser_train.tensorboard = False
 
-  # The 18000-step model: 16 steps 0.885, 24 0.911, 32 0.928; a scanned sampler compiles once
+  # The 18000-step model (v1): 16 steps 0.885, 24 0.911, 32 0.928; a scanned sampler compiles once
   # whatever the count, and 32 steps cost ~20 s more over the 2016 evaluation images.
   c.sampler.num_steps = 32
-  # The 4000-step model re-sampled: guidance 3 gives 0.737, 6 (the CPU default's) 0.686, 10
+  # The 4000-step model re-sampled (v1): guidance 3 gives 0.737, 6 (the CPU default's) 0.686, 10
   # 0.620; the 12000-step model: 3 gives 0.859, 2 0.819.
   c.sampler.guidance_scale = 3.0
   c.eval.shapes_geneval.batch_size = 256

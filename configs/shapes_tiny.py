@@ -57,11 +57,11 @@ def get_config(arg=None):
   # (mdd.experiments.speed), spent on more steps.
   c.text.kind = "word"
   # `mu` with 6 blocks instead of 4: at equal train time (1680 vs 2100 steps, 12 vs 16 sampler
-  # steps) 0.391 / 0.400 / 0.319 vs 0.338 / 0.337 / 0.337 over three seeds; 8 blocks (1300
-  # steps) 0.350 (docs/runs/shapes_tiny_2026-11-29_probes.json).
+  # steps) ShapeGenEval v2 0.236 / 0.232 / 0.109 vs 0.168 / 0.155 / 0.154 over three seeds; 8
+  # blocks (1300 steps) 0.176 (docs/runs/shapes_geneval_v2_rescore_2026-11-29.json).
   c.denoiser.depth = 6
   # Sized so the whole pipeline fits 15 min on 2 cores: small batches, many steps.
-  # 1680 steps ran 13:49 and 14:33 (0.375, 0.365), too close to 15 min; 1560: 12:46, 0.354.
+  # 1680 steps ran 13:49 and 14:33 (v2 0.194, 0.213), too close to 15 min; 1560: 12:46, 0.169.
   c.denoiser_train.num_steps = 1560
   c.denoiser_train.batch_size = 32
   c.denoiser_train.optim.lr = 1e-3

@@ -284,7 +284,8 @@ def _random_token_mosaic(rng, resolution=32, patch=4):
       if rng.random() < 0.45:
         continue
       color = np.asarray(palette.COLORS[palette.COLOR_NAMES[rng.integers(10)]], np.float32)
-      alpha = (rng.uniform(0.4, 1.0, (patch, patch)) * (rng.random((patch, patch)) < 0.8))[..., None]
+      alpha = rng.uniform(0.4, 1.0, (patch, patch)) * (rng.random((patch, patch)) < 0.8)
+      alpha = alpha[..., None]
       block = image[i:i + patch, j:j + patch]
       image[i:i + patch, j:j + patch] = block * (1 - alpha) + color * alpha
   image = ndimage.gaussian_filter(image, (0.8, 0.8, 0))

@@ -80,6 +80,10 @@ def test_load_config_applies_typed_overrides():
       "denoiser_train.num_steps": "7", "sampler.temperature": "0.5", "loss.type": "ce"})
   assert config.denoiser_train.num_steps == 7 and config.sampler.temperature == 0.5
   assert config.loss.type == "ce" and config.data.train_size == 2048
+  config = ablate.load_config("configs/shapes_tiny.py", {"sampler.guidance_interval": "(0.25, 1)"})
+  assert config.sampler.guidance_interval == (0.25, 1)
+  with pytest.raises(SystemExit, match="guidance_interval expects a tuple"):
+    ablate.load_config("configs/shapes_tiny.py", {"sampler.guidance_interval": "0.5"})
   with pytest.raises(SystemExit, match="not found"):
     ablate.load_config("configs/missing.py")
 

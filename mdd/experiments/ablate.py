@@ -24,6 +24,7 @@ the same prompt seeds for all of them, so the spread is the spread over training
 from __future__ import annotations
 
 import argparse
+import ast
 import concurrent.futures
 import glob
 import json
@@ -384,6 +385,11 @@ def load_config(spec: str, overrides: dict[str, Any] | None = None):
         value = value.lower() in ("1", "true", "yes")
       elif isinstance(current, (int, float)):
         value = type(current)(float(value)) if isinstance(current, int) else float(value)
+      elif isinstance(current, (tuple, list)):
+        try:
+          value = tuple(ast.literal_eval(value))
+        except (ValueError, SyntaxError, TypeError):
+          raise SystemExit(f"ablate: --set {key} expects a tuple like (0.0, 1.0), got {value!r}")
     node[leaf] = value
   return config
 

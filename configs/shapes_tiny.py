@@ -61,7 +61,8 @@ def get_config(arg=None):
   # blocks (1300 steps) 0.176 (docs/runs/shapes_geneval_v2_rescore_2026-11-29.json).
   c.denoiser.depth = 6
   # Sized so the whole pipeline fits 15 min on 2 cores: small batches, many steps.
-  # 1680 steps ran 13:49 and 14:33 (v2 0.194, 0.213), too close to 15 min; 1560: 12:46, 0.169.
+  # 1680 steps ran 13:49 and 14:33 (v2 0.194, 0.213), too close to 15 min; 1560: 12:46, 0.169
+  # (old sampler), and 15:19 / 16:12 on slower days of this machine (2.9 / 2.6 steps/s).
   c.denoiser_train.num_steps = 1560
   c.denoiser_train.batch_size = 32
   c.denoiser_train.optim.lr = 1e-3

@@ -80,7 +80,7 @@ def get_config(arg=None):
   c.sampler.temperature = 0.5
   # The last unmask step and the edit passes unguided, and edits at p(new) > 0.5 (was 0.9, which
   # never fires here): +0.015 / +0.016 / +0.012 on the same three models (0.234 -> 0.249,
-  # 0.256 -> 0.272, 0.282 -> 0.294); each change alone +0.006; 4 passes or threshold 0.3 no
+  # 0.256 -> 0.272, 0.282 -> 0.294); each alone +0.006 on the first; 4 passes or threshold 0.3 no
   # better (docs/runs/shapes_tiny_2026-11-29_s9_sampler.json).
   c.sampler.guidance_interval = (0.0, 0.9)
   c.sampler.edit_threshold = 0.5

@@ -389,7 +389,8 @@ def load_config(spec: str, overrides: dict[str, Any] | None = None):
         try:
           value = tuple(ast.literal_eval(value))
         except (ValueError, SyntaxError, TypeError):
-          raise SystemExit(f"ablate: --set {key} expects a tuple like (0.0, 1.0), got {value!r}")
+          raise SystemExit(
+              f"ablate: --set {key} expects a tuple like (0.0, 1.0), got {value!r}") from None
     node[leaf] = value
   return config
 

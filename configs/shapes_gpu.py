@@ -78,7 +78,7 @@ def get_config(arg=None):
   c.denoiser_train.tensorboard = False
   # Masks drawn towards high ratios (mean 0.75 vs the cosine's 0.64): the pipeline's own eval
   # (old sampler) 0.917 vs 0.898, with the sampler below 0.978 vs 0.959, counting +0.05..0.11
-  # (one training each, session 10). On the CPU default: +0.024 over two seeds (session 4).
+  # (one training each, session 10). The CPU default keeps cosine: shifted 0.209 vs 0.249 there.
   c.masking.schedule = "shifted"
   c.masking.shift = 5.0
 
@@ -89,10 +89,11 @@ def get_config(arg=None):
   # Strong guidance raises single-object, position and counting but breaks colour attribution
   # (speckled objects: 0.90 -> 0.67 at guidance 5, session 9). The clean-up fixes that: no
   # guidance in the last of 32 unmask steps and the edit passes (step / 32 >= 0.95), and edits
-  # at p > 0.5 over 4 passes repaint the speckles. Session 10, model A at eval seed 1 (selection): T 0.8 + g 3
-  # 0.935 with the clean-up, g 4 0.941, T 0.65 + g 5 0.957 (0.916 without the clean-up at seed
-  # 0); 64 steps add nothing (0.952 / 0.947). Confirmed on A at seed 0 (0.959) and on B, which
-  # did not select (0.978 / 0.981 at seeds 0 / 1).
+  # at p > 0.5 over 4 passes repaint the speckles. Session 10, model A at eval seed 1
+  # (selection): T 0.8 + g 3 0.935 with the clean-up, g 4 0.941, T 0.65 + g 5 0.957 (0.916
+  # without the clean-up at seed 0); 64 steps add nothing (0.952 / 0.947). Confirmed on A at
+  # seed 0 (0.959) and on B, which did not select (0.978 / 0.981 at seeds 0 / 1). The CPU
+  # default keeps guidance 3: its small model loses at 5 (session 10).
   c.sampler.guidance_scale = 5.0
   c.sampler.temperature = 0.65
   c.sampler.guidance_interval = (0.0, 0.95)

@@ -62,7 +62,9 @@ def get_config(arg=None):
   c.denoiser.depth = 6
   # Sized so the whole pipeline fits 15 min on 2 cores: small batches, many steps.
   # 1680 steps ran 13:49 and 14:33 (v2 0.194, 0.213), too close to 15 min; 1560: 12:46, 0.169
-  # (old sampler), and 15:19 / 16:12 on slower days of this machine (2.9 / 2.6 steps/s).
+  # (old sampler), and 15:19 / 16:12 / 16:09 on slower days of this machine (2.9 / 2.6 / 2.6
+  # steps/s). 1400 steps would fit those days but scored 0.195 vs 0.249 (session 10,
+  # docs/runs/shapes_tiny_2026-11-29_s10.json).
   c.denoiser_train.num_steps = 1560
   c.denoiser_train.batch_size = 32
   c.denoiser_train.optim.lr = 1e-3

@@ -7,21 +7,20 @@ log and metrics.jsonl. The whole pipeline:
 
 Args: `v18` (2^18 codes, the paper's largest vocabulary), `runlocal` (a short smoke run).
 
-Measured (one H200 per run, jax 0.11.2), ShapeGenEval v2 over 2016 images: this config (the
-shifted mask schedule and the cleaned-up guidance-5 sampler, both session 10) scores **0.978**
-(single 0.997, two 0.979, counting 0.920, colors 1.000, position 0.976, color_attr 0.994; 0.981
-at eval seed 1): its run trained the denoiser end to end with the pipeline, and the eval stage
-was re-run with the sampler below, which was chosen on another model (A, below) at other eval
-seeds (`docs/runs/shapes_gpu_18k_2026-11-29_s10.json`). Model A, trained side by side with the
-cosine schedule of sessions 7-9, scores 0.959 with this sampler and 0.898 with the old one
-(T 0.8, guidance 3, edits at 0.9), which gave 0.891 and 0.873 in sessions 8 and 9: two
-trainings of one config differ by ~0.02. The tokenizer's ceiling: 0.977. Earlier runs, all v1
-(`docs/runs/shapes_gpu_18k_2026-11-29.json`): 0.928 at 32 sampler steps, 0.885 / 0.911 at 16 /
-24; session 6's 19000-step run 0.923 at 16 steps, 12000 steps 0.859, 4000 0.737. Time: a device
-call is at most 10 min, so a run takes several calls, each resuming from the last's SIGTERM
-checkpoint; the stages add up to an estimated **~18.6 min uninterrupted** (session 10, as in
-session 9): tokenizer 79 s (with the ShapeGen cache), pretokenize 9 s, denoiser ~943 s (18000
-steps at ~21 steps/s), sample 32 s, eval 33 s.
+Measured (one H200 per run, jax 0.11.2), ShapeGenEval v2 over 2016 images: this file, run end to
+end by the pipeline (session 11), scores **0.975** (single 1.000, two 0.994, counting 0.878,
+colors 1.000, position 0.994, color_attr 0.985) and 0.967 with `--config.seed=1`
+(`docs/runs/shapes_gpu_18k_2026-11-29_s11.json`). With edits off (`edit_threshold=1.0`, all else
+equal) 0.896 / 0.922: editing is the sampler's lever. The shifted schedule and the sampler were
+chosen in session 10 (`docs/runs/shapes_gpu_18k_2026-11-29_s10.json`): the sampler on another
+model (A, cosine masks: 0.959 with it, 0.898 with the old T 0.8 / guidance 3 / edits at 0.9,
+which gave 0.891 and 0.873 in sessions 8 and 9). The tokenizer's ceiling: 0.977. Earlier runs,
+all v1 (`docs/runs/shapes_gpu_18k_2026-11-29.json`): 0.928 at 32 sampler steps, 0.885 / 0.911 at
+16 / 24; session 6's 19000-step run 0.923 at 16 steps, 12000 steps 0.859, 4000 0.737. Time: a
+device call is at most 10 min, so a run takes three calls, each resuming from the last's SIGTERM
+checkpoint; session 11's processes lived 1186 s (19.8 min) in all, restarts included (~19.2 min
+uninterrupted): tokenizer 83 s (with the ShapeGen cache), pretokenize 10 s, denoiser ~980 s
+(18000 steps at ~21 steps/s, compile and a final eval), sample 41 s, eval 37 s.
 """
 
 import ml_collections

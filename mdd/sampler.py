@@ -87,7 +87,7 @@ class SamplerConfig:
   guidance_scale: float = 0.0
   guidance_schedule: str = "constant"
   guidance_interval: tuple[float, float] = (0.0, 1.0)
-  edit_threshold: float = 0.9
+  edit_threshold: float = 0.5
   edit_margin: float = 0.0
   edit_max_fraction: float = 0.05
   edit_start_step: int = 0

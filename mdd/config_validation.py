@@ -97,6 +97,23 @@ def _check_fraction(config, paths: list[str], problems: list[str]):
       problems.append(f"{path}={value!r}: must be in [0, 1]")
 
 
+def _check_patch_size(config, problems: list[str]):
+  p = _get(config, "denoiser.patch_size")
+  if p is None:
+    return
+  if not isinstance(p, int) or p < 1:
+    problems.append(f"denoiser.patch_size={p!r}: must be an int >= 1")
+    return
+  res, f = _get(config, "data.resolution"), _get(config, "tokenizer.model.downsample_factor")
+  if res is None or not isinstance(f, int) or f < 1:
+    return
+  for side in (res if isinstance(res, (tuple, list)) else (res,)):
+    if isinstance(side, int) and (side // f) % p:
+      problems.append(f"denoiser.patch_size={p}: does not divide the {side // f}-token side of "
+                      f"a {side}-px image at downsample factor {f}")
+      return
+
+
 def validate(config) -> list[str]:
   """All problems found in `config`, one line each (empty if it looks runnable)."""
   problems: list[str] = []
@@ -118,6 +135,7 @@ def validate(config) -> list[str]:
     value = _get(config, path)
     if value is not None and (not isinstance(value, int) or value < 0):
       problems.append(f"{path}={value!r}: must be an int >= 0 (0 = the variant's)")
+  _check_patch_size(config, problems)
   loss_mode = _get(config, "loss.mode")
   if loss_mode is not None and loss_mode not in ("soft", "marginal"):
     problems.append(f"loss.mode={loss_mode!r}: must be 'soft' or 'marginal'")

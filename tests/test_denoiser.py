@@ -242,3 +242,42 @@ def test_variant_shape_overrides():
   assert (model.width, model.depth, model.num_heads, model.mlp_dim) == (128, 6, 4, 256)
   params = denoiser_lib.init_params(model, jax.random.key(0), text_dim=8)
   assert sorted(k for k in params if k.startswith("block_")) == [f"block_{i}" for i in range(6)]
+
+
+def test_patchify_groups_squares_and_unpatchify_inverts_it():
+  h, w, p, d = 4, 6, 2, 3
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, h * w, d)), jnp.float32)
+  patches = denoiser_lib._patchify(x, h, w, p)
+  assert patches.shape == (2, (h // p) * (w // p), p * p * d)
+  grid = np.asarray(x).reshape(2, h, w, d)
+  # Position (1, 2) of the 2 x 3 patch grid holds tokens rows 2..3, cols 4..5, row-major.
+  expected = grid[:, 2:4, 4:6].reshape(2, p * p * d)
+  np.testing.assert_array_equal(patches[:, 1 * (w // p) + 2], expected)
+  np.testing.assert_array_equal(denoiser_lib._unpatchify(patches, h, w, p), x)
+
+
+def test_patch_size_keeps_the_per_token_contract_and_trains():
+  model = _model(patch_size=2)
+  params = _perturb_head(denoiser_lib.init_params(model, jax.random.key(3), text_dim=8))
+  assert {"patch_in", "patch_out"} <= set(params)
+  assert "patch_in" not in denoiser_lib.init_params(_model(), jax.random.key(3), text_dim=8)
+  apply = jax.jit(model.apply, static_argnames="return_hidden")
+  for h, w in [(4, 4), (2, 6)]:
+    tokens, text, mask, ratio = _inputs(h=h, w=w)
+    logits = apply({"params": params}, tokens, text, mask, ratio)
+    hidden = apply({"params": params}, tokens, text, mask, ratio, return_hidden=True)
+    assert logits.shape == (2, h, w, V) and hidden.shape == (2, h, w, 32)
+    np.testing.assert_allclose(logits, jnp.einsum("bhwd,vd->bhwv", hidden,
+                                                  denoiser_lib.head_weights(params)),
+                               rtol=1e-4, atol=1e-5)
+    # Tokens sharing a position still get their own logits.
+    assert float(jnp.max(jnp.abs(logits[:, 0, 0] - logits[:, 0, 1]))) > 1e-4
+  with pytest.raises(ValueError, match="not divisible by patch_size 2"):
+    model.apply({"params": params}, *_inputs(h=4, w=3))
+  # Every parameter gets a gradient, the patch projections included.
+  tokens, text, mask, ratio = _inputs(h=4, w=4)
+  loss = lambda prm: jnp.mean(model.apply({"params": prm}, tokens, text, mask, ratio) ** 2)
+  grads = jax.grad(loss)(nn.unbox(params))
+  for name in ("patch_in", "patch_out", "token_embed", "block_0"):
+    norm = sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads[name]))
+    assert norm > 0, name

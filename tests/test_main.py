@@ -47,6 +47,18 @@ def test_each_problem_is_one_clear_line():
   assert all("\n" not in p for p in problems)
 
 
+def test_patch_size_must_divide_the_token_grid():
+  config = _load_tiny()  # 32 px at f = 4: an 8-token side
+  config.denoiser.patch_size = 2
+  assert config_validation.validate(config) == []
+  config.denoiser.patch_size = 3
+  (problem,) = config_validation.validate(config)
+  assert problem.startswith("denoiser.patch_size=3: does not divide the 8-token side")
+  config.denoiser.patch_size = 0
+  (problem,) = config_validation.validate(config)
+  assert problem.startswith("denoiser.patch_size=0: must be an int >= 1")
+
+
 def test_mesh_that_does_not_fit_the_devices():
   config = _load_tiny()
   config.mesh.update(data=3, fsdp=1, tensor=1)

@@ -29,6 +29,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.denoiser.remat = False        # recompute blocks in the backward pass (large variants)
   c.denoiser.scan_layers = False  # one scanned block, weights stacked on a "layers" axis
   c.denoiser.attention_impl = ""  # "" = XLA default; "cudnn" = cuDNN flash attention on GPU
+  c.denoiser.patch_size = 1       # p x p tokens per Transformer position (the grid must divide)
 
   c.text = ml_collections.ConfigDict()
   c.text.kind = "byte"            # byte | word (trainable) | minilm | t5 (frozen, cached)

@@ -86,6 +86,11 @@ class Denoiser(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str | None = None
+  # Tokens per side of one Transformer position: p x p token embeddings are concatenated and
+  # projected to one position (DiT's patchify), and the trunk's output is projected back to p x p
+  # per-token hidden states before the shared final norm and head, so logits, `return_hidden`
+  # and the fused loss stay per token. p = 2 runs the trunk on a quarter of the positions.
+  patch_size: int = 1
 
   @classmethod
   def from_variant(cls, variant: str, vocab_size: int, **kwargs) -> "Denoiser":
@@ -121,6 +126,9 @@ class Denoiser(nn.Module):
     if self.width % self.num_heads:
       raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
     batch, height, width = tokens.shape
+    p = self.patch_size
+    if p < 1 or height % p or width % p:
+      raise ValueError(f"token grid {height}x{width} is not divisible by patch_size {p}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     # Unit-scale token embeddings: the residual stream starts as token identity at O(1), not
     # drowned by the conditioning vector or the first blocks' outputs.
@@ -129,6 +137,9 @@ class Denoiser(nn.Module):
     x = layers.Embed(embedding_rows(self.vocab_size), self.width, embedding_init=emb_init,
                      name="token_embed", **kw)(tokens.reshape(batch, height * width))
     x = layers.constrain(x, ("act_batch", "act_len", "act_embed"))
+    if p > 1:
+      x = layers.dense(self.width, names=("mlp", "embed"), name="patch_in",
+                       **kw)(_patchify(x, height, width, p))
 
     # Conditioning vector: mask ratio (and micro-conditions) -> MLP -> added to every token.
     cond = layers.sinusoidal_embedding(mask_ratio * 1000.0, 256)
@@ -162,7 +173,7 @@ class Denoiser(nn.Module):
     context_mask = jnp.concatenate(
         [text_mask & ~drop_text[:, None], jnp.ones((batch, 1), bool)], axis=1)
 
-    positions = layers.grid_positions(height, width)
+    positions = layers.grid_positions(height // p, width // p)
     block_kw = dict(num_heads=self.num_heads, head_dim=self.width // self.num_heads,
                     mlp_dim=self.mlp_dim, cross_attention=True, qk_norm=self.qk_norm,
                     attention_impl=self.attention_impl, **kw)
@@ -176,6 +187,11 @@ class Denoiser(nn.Module):
       block = nn.remat(layers.TransformerBlock) if self.remat else layers.TransformerBlock
       for i in range(self.depth):
         x = block(name=f"block_{i}", **block_kw)(x, positions, context, context_mask)
+    if p > 1:
+      x = layers.dense(p * p * self.width, names=("embed", "mlp"), name="patch_out",
+                       **kw)(x)
+      x = _unpatchify(x, height, width, p)
+      x = layers.constrain(x, ("act_batch", "act_len", "act_embed"))
     x = layers.RMSNorm(name="final_norm", **kw)(x)
     if return_hidden:
       return x.reshape(batch, height, width, self.width)
@@ -183,6 +199,21 @@ class Denoiser(nn.Module):
                           kernel_init=nn.initializers.zeros, **kw)(x)
     logits = layers.constrain(logits, ("act_batch", "act_len", "act_vocab"))
     return logits.reshape(batch, height, width, self.vocab_size)
+
+
+def _patchify(x: jax.Array, height: int, width: int, p: int) -> jax.Array:
+  """[B, h*w, D] per-token rows -> [B, (h/p)*(w/p), p*p*D], each p x p square concatenated."""
+  b, _, d = x.shape
+  x = x.reshape(b, height // p, p, width // p, p, d).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, (height // p) * (width // p), p * p * d)
+
+
+def _unpatchify(x: jax.Array, height: int, width: int, p: int) -> jax.Array:
+  """The inverse of `_patchify`: [B, (h/p)*(w/p), p*p*D] -> [B, h*w, D]."""
+  b, _, pd = x.shape
+  d = pd // (p * p)
+  x = x.reshape(b, height // p, width // p, p, p, d).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, height * width, d)
 
 
 class _ScanStep(layers.TransformerBlock):

@@ -233,6 +233,7 @@ def system_from_config(config, *, vocab_size: int | None = None, neighbours=None
       qk_norm=bool(dcfg.qk_norm), remat=bool(dcfg.remat),
       scan_layers=bool(dcfg.get("scan_layers", False)),
       attention_impl=dcfg.get("attention_impl", "") or None,
+      patch_size=int(dcfg.get("patch_size", 1)),
       **{k: int(dcfg.get(k, 0)) for k in ("width", "depth", "num_heads", "mlp_dim")})
   if text_encoder is None:
     text_encoder = text_encoders.text_encoder_from_config(config.text)

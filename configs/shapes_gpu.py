@@ -66,6 +66,7 @@ def get_config(arg=None):
 
   c.denoiser.variant = "S"
   c.denoiser.depth = 0  # the variant's 12 blocks (the CPU default overrides mu's depth)
+  c.denoiser.patch_size = 1  # one token per position (the CPU default groups 2 x 2)
   c.denoiser.attention_impl = "cudnn"
   c.loss.impl = "pallas"  # the fused GCE kernel
   c.denoiser_train.num_steps = 18000  # v1, 16 sampler steps: 4000 0.737, 12000 0.859, 19000 0.923

@@ -108,7 +108,8 @@ def _check_patch_size(config, problems: list[str]):
   if res is None or not isinstance(f, int) or f < 1:
     return
   for side in (res if isinstance(res, (tuple, list)) else (res,)):
-    if isinstance(side, int) and (side // f) % p:
+    # A side out of range has its own problem line (_check_data); judge only valid ones.
+    if isinstance(side, int) and 32 <= side <= 1024 and (side // f) % p:
       problems.append(f"denoiser.patch_size={p}: does not divide the {side // f}-token side of "
                       f"a {side}-px image at downsample factor {f}")
       return

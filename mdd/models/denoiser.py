@@ -6,6 +6,11 @@ model), cross-attention to the text sequence, and a SwiGLU MLP. The mask ratio (
 extra micro-conditions) enter as a vector added to every token. Dropping the text for
 classifier-free guidance swaps the text for a learned null embedding.
 
+With `patch_size` p > 1 the Transformer runs on p x p token patches (DiT's patchify): the
+p^2 token embeddings of a patch are concatenated and projected to one position, and after the
+blocks each position is projected back to p^2 per-token hidden states; the final norm, head,
+logits and loss stay per token.
+
 The head is a bias-free `[D, V]` matrix so the loss can run fused without building logits:
 `Denoiser(...)(..., return_hidden=True)` returns the final-normed hidden states and
 `head_weights(params)` returns `w [V, D]` for `mdd.losses`.

@@ -39,11 +39,10 @@ def _perturb_head(params):
   return params
 
 
-def test_grid_sizes_aspect_ratios_and_hidden_head_contract():
-  model = _model()
-  params = _perturb_head(denoiser_lib.init_params(model, jax.random.key(0), text_dim=8))
+def _check_head_contract(model, params, grids):
+  """Logits and hidden states per token on each grid, and logits = hidden @ head."""
   apply = jax.jit(model.apply, static_argnames="return_hidden")
-  for h, w in [(4, 3), (2, 8)]:
+  for h, w in grids:
     tokens, text, mask, ratio = _inputs(h=h, w=w)
     logits = apply({"params": params}, tokens, text, mask, ratio)
     hidden = apply({"params": params}, tokens, text, mask, ratio, return_hidden=True)
@@ -52,6 +51,14 @@ def test_grid_sizes_aspect_ratios_and_hidden_head_contract():
     assert head.shape == (V, 32)
     np.testing.assert_allclose(logits, jnp.einsum("bhwd,vd->bhwv", hidden, head), rtol=1e-4,
                                atol=1e-5)
+    # Neighbouring tokens (one patch when patch_size > 1) get their own logits.
+    assert float(jnp.max(jnp.abs(logits[:, 0, 0] - logits[:, 0, 1]))) > 1e-4
+
+
+def test_grid_sizes_aspect_ratios_and_hidden_head_contract():
+  model = _model()
+  params = _perturb_head(denoiser_lib.init_params(model, jax.random.key(0), text_dim=8))
+  _check_head_contract(model, params, [(4, 3), (2, 8)])
 
 
 def test_conditioning_inputs_matter_and_null_text_ignores_text():
@@ -261,17 +268,7 @@ def test_patch_size_keeps_the_per_token_contract_and_trains():
   params = _perturb_head(denoiser_lib.init_params(model, jax.random.key(3), text_dim=8))
   assert {"patch_in", "patch_out"} <= set(params)
   assert "patch_in" not in denoiser_lib.init_params(_model(), jax.random.key(3), text_dim=8)
-  apply = jax.jit(model.apply, static_argnames="return_hidden")
-  for h, w in [(4, 4), (2, 6)]:
-    tokens, text, mask, ratio = _inputs(h=h, w=w)
-    logits = apply({"params": params}, tokens, text, mask, ratio)
-    hidden = apply({"params": params}, tokens, text, mask, ratio, return_hidden=True)
-    assert logits.shape == (2, h, w, V) and hidden.shape == (2, h, w, 32)
-    np.testing.assert_allclose(logits, jnp.einsum("bhwd,vd->bhwv", hidden,
-                                                  denoiser_lib.head_weights(params)),
-                               rtol=1e-4, atol=1e-5)
-    # Tokens sharing a position still get their own logits.
-    assert float(jnp.max(jnp.abs(logits[:, 0, 0] - logits[:, 0, 1]))) > 1e-4
+  _check_head_contract(model, params, [(4, 4), (2, 6)])
   with pytest.raises(ValueError, match="not divisible by patch_size 2"):
     model.apply({"params": params}, *_inputs(h=4, w=3))
   # Every parameter gets a gradient, the patch projections included.

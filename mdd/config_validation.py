@@ -13,6 +13,11 @@ from typing import Any
 MODES = ("pipeline", "train_tokenizer", "pretokenize", "train", "sample", "eval")
 MESH_AXES = ("data", "fsdp", "tensor")
 DATA_SOURCES = ("shapes", "folder", "tfds")
+MIN_RESOLUTION, MAX_RESOLUTION = 32, 1024
+
+
+def _valid_side(side) -> bool:
+  return isinstance(side, int) and MIN_RESOLUTION <= side <= MAX_RESOLUTION
 
 
 def _get(config, path: str, default: Any = None):
@@ -76,8 +81,9 @@ def _check_data(config, problems: list[str]):
   if res is not None:
     sides = res if isinstance(res, (tuple, list)) else (res,)
     for side in sides:
-      if not isinstance(side, int) or not 32 <= side <= 1024:
-        problems.append(f"data.resolution={res!r}: sides must be ints in [32, 1024]")
+      if not _valid_side(side):
+        problems.append(f"data.resolution={res!r}: sides must be ints in "
+                        f"[{MIN_RESOLUTION}, {MAX_RESOLUTION}]")
         break
   if int(data.get("max_text_len", 1)) < 1:
     problems.append(f"data.max_text_len={data.get('max_text_len')}: must be >= 1")
@@ -109,7 +115,7 @@ def _check_patch_size(config, problems: list[str]):
     return
   for side in (res if isinstance(res, (tuple, list)) else (res,)):
     # A side out of range has its own problem line (_check_data); judge only valid ones.
-    if isinstance(side, int) and 32 <= side <= 1024 and (side // f) % p:
+    if _valid_side(side) and (side // f) % p:
       problems.append(f"denoiser.patch_size={p}: does not divide the {side // f}-token side of "
                       f"a {side}-px image at downsample factor {f}")
       return

@@ -26,8 +26,8 @@ class _Regressor(nn.Module):
     return jnp.tanh(x @ w1) @ w2
 
 
-def _task(num_steps, lr=3e-2, batch_size=16, poison_at=None, schedule_steps=None):
-  model = _Regressor()
+def _task(num_steps, lr=3e-2, batch_size=16, poison_at=None, schedule_steps=None, hidden=16):
+  model = _Regressor(hidden)
   opt_cfg = ml_collections.ConfigDict(dict(lr=lr, warmup_steps=2, num_steps=schedule_steps or num_steps,
                                            weight_decay=0.0, grad_clip=1.0))
   tx = state_lib.make_optimizer(opt_cfg)
@@ -115,6 +115,27 @@ def test_restore_onto_a_different_mesh(tmp_path):
   assert step == 10
   assert state.params["w1"].value.sharding.mesh.shape == other.shape
   manager.close()
+
+
+def test_checkpoint_of_another_config_is_a_clear_error(tmp_path):
+  mesh = _mesh()
+  loop.train(_task(10), _loop_cfg(), str(tmp_path), mesh, sharding.DEFAULT_RULES)
+  ckpt_dir = os.path.join(tmp_path, "toy", "checkpoints")
+  expected = (r"checkpoint at step 10 in .*checkpoints cannot be restored for this config "
+              r"\(Requested shape: .* stored shape: .*\); a workdir written with another config")
+  with pytest.raises(ValueError, match=expected):
+    loop.train(_task(20, hidden=32), _loop_cfg(), str(tmp_path), mesh, sharding.DEFAULT_RULES)
+  # The eval-time restore (params only) says the same.
+  wide = _task(10, hidden=32)
+  abstract = jax.eval_shape(wide.init_state, jax.random.key(0))
+  with pytest.raises(ValueError, match=expected):
+    loop.restore_eval_params(ckpt_dir, abstract)
+  # Nothing was lost: the checkpoint is still there and the right config resumes from it.
+  manager = loop.checkpoint_manager(ckpt_dir)
+  assert manager.latest_step() == 10
+  manager.close()
+  state = loop.train(_task(20), _loop_cfg(), str(tmp_path), mesh, sharding.DEFAULT_RULES)
+  assert int(state.step) == 20
 
 
 def test_nan_guard_keeps_last_good_checkpoint(tmp_path):

@@ -91,7 +91,10 @@ def restore_or_init(task: Task, manager, mesh: Mesh, rules, rng: jax.Array):
   latest = manager.latest_step()
   if latest is not None:
     logging.info("%s: resuming from checkpoint step %d", task.name, latest)
-    state = manager.restore(latest, args=ocp.args.StandardRestore(target))
+    try:
+      state = manager.restore(latest, args=ocp.args.StandardRestore(target))
+    except ValueError as e:
+      raise _mismatch(task.name, manager.directory, latest, e) from None
     return state, shardings, int(latest)
   with mesh, nn.logical_axis_rules(list(rules)):
     state = jax.jit(task.init_state, out_shardings=shardings)(rng)
@@ -123,12 +126,24 @@ def restore_eval_params(ckpt_dir: str, abstract_part, path: tuple[str, ...] = ()
   for key in reversed(path):
     target = {key: target}
   with ocp.PyTreeCheckpointer() as checkpointer:
-    restored = checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True))
+    try:
+      restored = checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True))
+    except ValueError as e:
+      raise _mismatch("model", ckpt_dir, step, e) from None
   for key in path:
     restored = restored[key]
   return nn.unbox(restored.get("ema_params", restored["params"])), int(step)
+
+
+def _mismatch(name: str, directory, step: int, error: ValueError) -> ValueError:
+  """One line for a checkpoint whose arrays do not fit the config's model (a workdir reused with
+  another config), instead of orbax's advice to pad or truncate."""
+  reason = str(error).strip().split("\n")[0].split(". ")[0]
+  return ValueError(f"{name}: the checkpoint at step {step} in {directory} cannot be restored "
+                    f"for this config ({reason}); a workdir written with another config needs "
+                    "that config or a fresh --workdir")
 
 
 def jit_train_step(task: Task, state_shardings, step_rng: jax.Array):

@@ -36,7 +36,7 @@ setuptools.setup(
     version="0.1.0",
     description="Masked discrete diffusion text-to-image synthesis (JAX/Flax/Pallas).",
     packages=setuptools.find_packages(include=["mdd", "mdd.*", "pallas_kernels", "pallas_kernels.*"]),
-    package_data={"mdd.eval": ["prompts/*.jsonl"]},
+    package_data={"mdd.data": ["prompts/*.jsonl"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -4,7 +4,10 @@ The tokenizer (VQ, f=16, 2^14 codes; `vocab=18` for 2^18), the denoiser variant,
 encoder and the masking schedule follow the resolution. Typical runs on a GPU/TPU host:
 
   python -m mdd.main --config=configs/t2i.py:res=256,variant=B \
-      --config.data.folder=/data/my_pairs --workdir=/ckpt/t2i_256_B
+      --config.data.folder=/data/my_pairs --workdir=/ckpt/t2i_256_B \
+      --config.eval.geneval.metadata_file=/bench/geneval/evaluation_metadata.jsonl \
+      --config.eval.dpg.prompts_dir=/bench/dpg/prompts \
+      --config.eval.fid.weights=/weights/pt_inception.pth --config.eval.fid.ref_stats=/ref.npz
   python -m mdd.main --config=configs/t2i.py:res=512,variant=XL,source=tfds \
       --config.data.tfds_name=my_dataset --workdir=/ckpt/t2i_512_XL
   python -m mdd.main --config=configs/t2i.py:res=256,variant=B,text=t5 \
@@ -13,16 +16,13 @@ encoder and the masking schedule follow the resolution. Typical runs on a GPU/TP
 Args (comma list): res=256|512|1024, variant=mu|S|B|L|XL|1B|3B, source=folder|tfds,
 text=minilm|t5|byte, vocab=14|18, runlocal (ShapeGen at 64 px and tiny models, a few steps of
 every stage on a CPU: `python -m mdd.main --config=configs/t2i.py:runlocal --workdir=/tmp/t2i`).
+The eval stage writes GenEval and DPG-Bench layouts and FID: their files are checked before
+anything trains (or leave the stage out: `--config.pipeline_stages=train_tokenizer,pretokenize,
+train,sample`).
 """
 
-import ml_collections
-
-from mdd.configs import data as data_config
-from mdd.configs import denoiser as denoiser_config
-from mdd.configs import eval as eval_config
-from mdd.configs import mesh as mesh_defaults
-from mdd.configs import sampler as sampler_config
-from mdd.configs import tokenizer as tokenizer_config
+from configs import common
+from mdd import defaults
 
 # Per resolution: batch, denoiser steps, masking shift (more tokens -> mask more, LaViDa-O),
 # sampler steps.
@@ -35,41 +35,31 @@ _LARGE = ("L", "XL", "1B", "3B")
 
 
 def get_config(arg=None):
-  args = _parse_arg(arg)
-  res = int(args.get("res", 256))
+  args = common.parse_arg(arg, config_name="t2i", res=256, variant="B", source="folder",
+                          text="minilm", vocab=14, runlocal=False)
+  res, variant, source, text_kind = args.res, args.variant, args.source, args.text
+  vocab_bits, runlocal = args.vocab, args.runlocal
   if res not in _RES:
     raise ValueError(f"configs/t2i.py: res={res} is not one of {sorted(_RES)}")
-  variant = args.get("variant", "B")
-  source = args.get("source", "folder")
   if source not in ("folder", "tfds"):
     raise ValueError(f"configs/t2i.py: source={source!r} is not folder or tfds")
-  text_kind = args.get("text", "minilm")
-  vocab_bits = int(args.get("vocab", 14))
   if vocab_bits not in (14, 18):
     raise ValueError(f"configs/t2i.py: vocab={vocab_bits} is not 14 or 18")
-  runlocal = bool(args.get("runlocal"))
   setting = _RES[res]
 
-  c = ml_collections.ConfigDict()
-  c.mode = "pipeline"
-  c.seed = 0
-  c.distributed = False
+  c = defaults.base_config()
   # Large variants shard weights over all devices (FSDP); small ones replicate (data parallel).
   fsdp_first = variant in _LARGE
-  c.mesh = mesh_defaults.default_mesh(data=1 if fsdp_first else -1,
-                                      fsdp=-1 if fsdp_first else 1)
-  c.sharding_rules = mesh_defaults.DEFAULT_RULES
+  c.mesh = defaults.mesh_config(data=1 if fsdp_first else -1, fsdp=-1 if fsdp_first else 1)
 
-  c.data = data_config.default_config()
   c.data.source = source
   c.data.resolution = res
   c.data.max_text_len = 256  # bytes; the text encoders below cut at their own token limit
   c.data.num_threads = 16
   c.data.validation_fraction = 0.005
 
-  c.tokenizer = tokenizer_config.size_config("B" if vocab_bits == 14 else "B_v18")
+  c.tokenizer = defaults.tokenizer_config("B" if vocab_bits == 14 else "B_v18")
 
-  c.update(denoiser_config.default_config())
   c.denoiser.variant = variant
   c.denoiser.remat = variant in _LARGE
   c.text.kind = text_kind
@@ -94,11 +84,9 @@ def get_config(arg=None):
   t.keep_checkpoints = 3
   t.eval_batches = 16
 
-  c.sampler = sampler_config.default_config()
   c.sampler.num_steps = setting["sampler_steps"]
   c.sampler.schedule = "shifted"
   c.sampler.schedule_shift = setting["shift"]
-  c.eval = eval_config.default_config()
   c.eval.evals = ("geneval", "dpg", "fid")
 
   if runlocal:
@@ -106,7 +94,7 @@ def get_config(arg=None):
     c.data.source = "shapes"  # Runs anywhere: procedural data instead of the user's folder.
     c.data.resolution = 64
     c.data.num_threads = 0
-    c.tokenizer = tokenizer_config.size_config("tiny")
+    c.tokenizer = defaults.tokenizer_config("tiny")
     c.tokenizer.num_steps = 5
     c.denoiser.variant = "mu"
     c.denoiser.remat = False
@@ -121,13 +109,3 @@ def get_config(arg=None):
     c.eval.evals = ("shapes_geneval",)
   return c
 
-
-def _parse_arg(arg):
-  out = {}
-  for item in (arg or "").split(","):
-    item = item.strip()
-    if not item:
-      continue
-    key, _, value = item.partition("=")
-    out[key] = value if value else True
-  return out

@@ -4,7 +4,7 @@
 # of them and exits non-zero if any failed. For sweeps and ablations whose parts do not talk to
 # each other (a single multi-GPU job is `python -m mdd.main` with the mesh in its config).
 #
-#   LOGDIR=logs launch/per_gpu.sh "python -m pallas_kernels.bench.gce --points=..." \
+#   LOGDIR=logs launch/per_gpu.sh "python -m mdd.bench.gce --points=..." \
 #                                 "python -m mdd.main --config=configs/shapes_gpu.py ..."
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -15,8 +15,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from mdd import config_validation
-from mdd.modes import MODES, resolve_mode  # noqa: F401  (re-exported)
+from mdd import validate as config_validation
+from mdd.stages import resolve_mode
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
                                           lock_config=True)
@@ -117,8 +117,8 @@ def main(argv):
   if config.mode in ("pipeline", "train_tokenizer", "pretokenize", "train"):
     # The modes that define the model record its config, so sample/eval CLIs given only the
     # workdir rebuild the same model.
-    from mdd import generation  # pylint: disable=import-outside-toplevel
-    generation.save_run_config(config, workdir)
+    from mdd import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+    workdir_lib.Workdir(workdir).save_run_config(config)
   run_fn(config, workdir)
 
 

@@ -17,11 +17,11 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 def check_get_batch():
   """`check(source, order)`: `source.get_batch(order)` equals stacking `source[i]` in order."""
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from mdd.data import pipeline  # pylint: disable=import-outside-toplevel
+  from mdd.data import loader  # pylint: disable=import-outside-toplevel
 
   def check(source, order):
     gathered = source.get_batch(np.asarray(order))
-    stacked = pipeline.stack_examples([source[int(i)] for i in order])
+    stacked = loader.stack_examples([source[int(i)] for i in order])
     assert sorted(gathered) == sorted(stacked)
     for key, value in stacked.items():
       np.testing.assert_array_equal(gathered[key], value, err_msg=key)

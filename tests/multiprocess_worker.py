@@ -19,7 +19,7 @@ def main():
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import ml_collections  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from mdd import sharding  # pylint: disable=import-outside-toplevel
+  from mdd.utils import sharding  # pylint: disable=import-outside-toplevel
 
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=2, tensor=1)))
   per_process = 4

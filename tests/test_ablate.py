@@ -35,14 +35,20 @@ def _results():
       evals[f"sampler/no_edit@{steps}/s{s}"] = _eval("sampler", f"no_edit@{steps}", s, 0.1 * s)
       evals[f"sampler/edit_t0.5@{steps}/s{s}"] = _eval("sampler", f"edit_t0.5@{steps}", s, 0.5)
     evals[f"policy/policy_entropy/s{s}"] = _eval("policy", "policy_entropy", s, 0.3)
-  return {"config": "configs/shapes_tiny.py:v14", "overrides": {}, "seeds": [0, 1],
+  return {"config": "configs/shapes_tiny.py:vocab=14", "overrides": {}, "seeds": [0, 1],
           "runs": runs, "evals": evals, "tokenizer": {"psnr": 27.5, "codebook_usage": 0.9}}
 
 
 def test_report_tables_and_plots(tmp_path):
   out = str(tmp_path / "results.md")
-  text = report.write_report(_results(), out, notes="Hand-written notes.")
-  assert "Hand-written notes." in text
+  text = report.write_report(_results(), out, source="runs/ablate_h200_v16.json")
+  # Header, the headline table (every number cites files that exist), then the ablation tables.
+  assert text.index("## Current results") < text.index("```") < text.index("## Setting")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for row in report.CURRENT_RESULTS:
+    assert f"| {row.what} |" in text and row.evidence
+    for path in row.evidence:
+      assert os.path.isfile(os.path.join(repo, path)), path
   # Mean ± sample std over the two seeds.
   assert "| ce | 2 | 0.300 ± 0.000 | 0.500 ± 0.000 | 3.000 ± 0.000 | 0.300 ± 0.141 |" in text
   assert "| gce_soft | 2 |" in text and "0.600 ± 0.141" in text
@@ -84,7 +90,7 @@ def test_load_config_applies_typed_overrides():
   assert config.sampler.guidance_interval == (0.25, 1)
   with pytest.raises(SystemExit, match="guidance_interval expects a tuple"):
     ablate.load_config("configs/shapes_tiny.py", {"sampler.guidance_interval": "0.5"})
-  with pytest.raises(SystemExit, match="not found"):
+  with pytest.raises(SystemExit, match="no experiment config named .missing."):
     ablate.load_config("configs/missing.py")
 
 
@@ -106,7 +112,8 @@ def test_report_cli_rejects_missing_json(tmp_path):
   path = tmp_path / "ablate.json"
   path.write_text(json.dumps(_results()))
   ablate.main(["--report", str(path), "--out", str(tmp_path / "r.md")])
-  assert (tmp_path / "r.md").read_text().startswith("# Ablations")
+  text = (tmp_path / "r.md").read_text()
+  assert text.startswith("# Results") and f"Raw results: `{path}`." in text
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
-from mdd import sharding
+from mdd.utils import sharding
 from mdd.models import denoiser as denoiser_lib
 
 V = 50

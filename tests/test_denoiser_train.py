@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from mdd import sharding
-from mdd.configs import denoiser as denoiser_config
+from mdd.utils import sharding
+from mdd import defaults
 from mdd.data import shapes
 from mdd.data import text as text_lib
 from mdd.models import denoiser as denoiser_lib
-from mdd.train import denoiser_task
+from mdd.models import system as system_lib
+from mdd.train import denoiser as denoiser_task
 from mdd.train import metrics as metrics_lib
 
 VOCAB, PATCH, RES, TEXT_LEN = 128, 4, 32, 48
@@ -60,7 +61,7 @@ def shapegen_tokens(num=384, seed=0, k=4):
 
 
 def make_config(num_steps=40, batch_size=16, **overrides):
-  c = denoiser_config.default_config()
+  c = defaults.base_config()
   c.text.max_len = TEXT_LEN
   c.text.width, c.text.depth, c.text.num_heads, c.text.mlp_dim = 32, 1, 2, 64
   c.denoiser_train.num_steps = num_steps
@@ -80,7 +81,7 @@ def make_config(num_steps=40, batch_size=16, **overrides):
 
 def make_system(config, tiny=True, **kw):
   batch, nbr, weights = shapegen_tokens()
-  system = denoiser_task.system_from_config(config, vocab_size=VOCAB, neighbours=nbr,
+  system = system_lib.system_from_config(config, vocab_size=VOCAB, neighbours=nbr,
                                             neighbour_weights=weights, **kw)
   if tiny:  # Smaller than `mu`, for the tests that compile several programs.
     scan = system.denoiser.scan_layers  # Two scanned blocks, so the scan really loops.
@@ -227,7 +228,7 @@ def _check_resume(loop, tmp_path):
 
 @pytest.mark.slow  # ~25 s: compiles MiniLM, a train step and the sampler.
 def test_frozen_minilm_text_and_sampler_contract():
-  from mdd import sampler as sampler_lib
+  from mdd import sampling as sampler_lib
   config = make_config(**{"text.kind": "minilm", "text.max_len": 8})
   system, batch = make_system(config)
   assert not system.trainable_text and system.text_dim == 384
@@ -240,8 +241,8 @@ def test_frozen_minilm_text_and_sampler_contract():
                                             jax.random.key(1))
   assert np.isfinite(float(metrics["loss"]))
 
-  logits_fn, context = denoiser_task.make_logits_fn(system, state.params,
-                                                    ["a red circle", "a blue square"], (8, 8))
+  logits_fn = system.logits_fn((8, 8))
+  context = system.sampling_context(state.params, ["a red circle", "a blue square"])
   cfg = sampler_lib.SamplerConfig(mask_id=VOCAB, num_steps=4, guidance_scale=2.0)
   tokens = jnp.full((2, 8, 8), VOCAB, jnp.int32)
   out = sampler_lib.sample(logits_fn, jax.random.key(2), tokens, cfg, context=context)
@@ -252,36 +253,26 @@ def test_frozen_minilm_text_and_sampler_contract():
 def test_config_errors():
   config = make_config(**{"loss.type": "gce"})
   with pytest.raises(ValueError, match="neighbour table"):
-    denoiser_task.system_from_config(config, vocab_size=VOCAB)
+    system_lib.system_from_config(config, vocab_size=VOCAB)
   with pytest.raises(ValueError, match="vocab_size"):
-    denoiser_task.system_from_config(config)
+    system_lib.system_from_config(config)
   with pytest.raises(ValueError, match="masking"):
     bad = make_config(**{"masking.weighting": "elbo"})
     make_system(bad)
 
 
-def test_t2i_configs_validate_and_build():
-  import importlib.util
-  from mdd import config_validation
-  path = os.path.join(os.path.dirname(__file__), "..", "configs", "t2i.py")
-  spec = importlib.util.spec_from_file_location("t2i_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  for arg, variant in [("res=512,variant=XL,source=tfds", "XL"), ("runlocal", "mu")]:
-    config = module.get_config(arg)
-    if config.data.source == "tfds":
-      config.data.tfds_name = "my_pairs"
-    assert config_validation.validate(config) == [], arg
-    assert config.denoiser.variant == variant
-  config = module.get_config("res=1024,variant=3B")
+def test_t2i_variants_follow_the_args_and_build():
+  """(Validation of every config and arg: tests/test_configs.py.)"""
+  import configs  # pylint: disable=import-outside-toplevel
+  assert configs.load("t2i:res=512,variant=XL,source=tfds").denoiser.variant == "XL"
+  config = configs.load("t2i:res=1024,variant=3B")
   assert config.mesh.fsdp == -1 and config.denoiser.remat and config.masking.shift == 5.0
-  with pytest.raises(ValueError, match="res="):
-    module.get_config("res=300")
   # The runlocal config builds a working system (byte text, mu).
-  config = module.get_config("runlocal")
+  config = configs.load("t2i:runlocal")
+  assert config.denoiser.variant == "mu"
   _, nbr, weights = shapegen_tokens()
-  system = denoiser_task.system_from_config(config, vocab_size=VOCAB, neighbours=nbr,
-                                            neighbour_weights=weights)
+  system = system_lib.system_from_config(config, vocab_size=VOCAB, neighbours=nbr,
+                                         neighbour_weights=weights)
   assert system.trainable_text and system.masking.schedule == "shifted"
 
 

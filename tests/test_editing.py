@@ -1,11 +1,12 @@
-"""Tests of the inpainting / outpainting helpers (`mdd.editing`) with a toy patch tokenizer."""
+"""Tests of the inpainting / outpainting helpers (`mdd.sampling.editing`) with a toy patch tokenizer."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdd import editing, sampler
+from mdd.sampling import editing
+from mdd import sampling as sampler
 
 FACTOR = 4
 VOCAB = 8

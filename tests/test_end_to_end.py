@@ -113,7 +113,7 @@ def test_sigterm_saves_the_current_step_and_the_rerun_resumes_there(tmp_path):
 
 
 def test_same_seed_same_sample_any_batch(trained):
-  from mdd import generation  # pylint: disable=import-outside-toplevel
+  from mdd.inference import generator as generation  # pylint: disable=import-outside-toplevel
   workdir, _ = trained
   gen = generation.Generator.from_workdir(workdir)
   prompts = ["a photo of a blue square", "a photo of a circle", "two triangles"]
@@ -123,8 +123,8 @@ def test_same_seed_same_sample_any_batch(trained):
 
 
 def test_padded_batches_give_the_same_samples_and_one_compile(trained):
-  from mdd import generation  # pylint: disable=import-outside-toplevel
-  from mdd import sampler as sampler_lib  # pylint: disable=import-outside-toplevel
+  from mdd.inference import generator as generation  # pylint: disable=import-outside-toplevel
+  from mdd import sampling as sampler_lib  # pylint: disable=import-outside-toplevel
   workdir, _ = trained
   gen = generation.Generator.from_workdir(workdir)
   prompts = ["a photo of a blue square", "a photo of a circle", "two triangles"]
@@ -158,11 +158,12 @@ def jax_leaves(tree):
 
 
 def test_eval_scores_the_trained_model(trained, tmp_path):
-  from mdd import generation  # pylint: disable=import-outside-toplevel
+  from mdd.inference import generator as generation  # pylint: disable=import-outside-toplevel
+  from mdd.data import prompts as prompts_lib  # pylint: disable=import-outside-toplevel
   from mdd.eval import geneval_layout, shapes_geneval  # pylint: disable=import-outside-toplevel
   workdir, _ = trained
   gen = generation.Generator.from_workdir(workdir)
-  metadata = shapes_geneval.load_prompts("main")[::84][:6]  # one prompt of each tag
+  metadata = prompts_lib.load_prompts("main")[::84][:6]  # one prompt of each tag
   layout = geneval_layout.generate_layout(gen.generate_fn(8), metadata, str(tmp_path / "l"),
                                           images_per_prompt=2, batch_size=8)
   summary = shapes_geneval.score_layout(layout)

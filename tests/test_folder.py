@@ -8,9 +8,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from mdd.configs import data as data_config
+from mdd import defaults
 from mdd.data import folder
-from mdd.data import pipeline
+from mdd.data import loader
 
 
 def _write_folder(root, rng):
@@ -75,7 +75,7 @@ def test_unverified_corrupt_image_falls_back_without_crashing(tmp_path):
   assert example["path"] == paths[corrupt + 2] and example["image"].shape == (16, 32, 3)
   assert source.stats()["num_fallbacks"] == 2
   # A whole pass over the source never raises.
-  batches = list(pipeline.batch_iterator(source, batch_size=3, seed=0, num_epochs=1,
+  batches = list(loader.batch_iterator(source, batch_size=3, seed=0, num_epochs=1,
                                          drop_remainder=False))
   assert sum(int(b["valid"].sum()) for b in batches) == len(source)
 
@@ -104,14 +104,14 @@ def test_errors_are_clear(tmp_path):
 
 def test_make_source_folder_adds_text(tmp_path):
   good = _write_folder(tmp_path, np.random.default_rng(3))
-  cfg = data_config.default_config()
+  cfg = defaults.data_config()
   cfg.source, cfg.folder, cfg.resolution, cfg.max_text_len = "folder", str(tmp_path), 16, 12
-  source = pipeline.make_source(cfg, "train")
-  batch = next(pipeline.batch_iterator(source, batch_size=4, seed=0, shuffle=False))
+  source = loader.make_source(cfg, "train")
+  batch = next(loader.batch_iterator(source, batch_size=4, seed=0, shuffle=False))
   assert batch["image"].shape == (4, 16, 16, 3)
   assert batch["text_ids"].shape == (4, 12) and batch["text_ids"].dtype == np.int32
   assert batch["text_truncated"].all()  # "caption for imgs/..." is longer than 11 bytes.
   assert list(batch["caption"]) == [c for _, c in good]
   cfg.folder = ""
   with pytest.raises(ValueError, match="data.folder"):
-    pipeline.make_source(cfg, "train")
+    loader.make_source(cfg, "train")

@@ -3,7 +3,7 @@
 Interpret mode runs the kernel bodies on CPU but does not check that they lower for the
 hardware, so `test_kernels_lower_for_hardware` also lowers the forward+backward for CUDA (Pallas ->
 Triton IR) and TPU (Pallas -> Mosaic) with `jax.export`, no accelerator needed; compiling and
-running on a GPU is `python -m pallas_kernels.bench.gce --check=pallas_gpu` (passed on the H200). Shapes are small and ragged (N, V and D not multiples of the blocks) and block sizes
+running on a GPU is `python -m mdd.bench.gce --check=pallas_gpu` (passed on the H200). Shapes are small and ragged (N, V and D not multiples of the blocks) and block sizes
 are small so several row / vocabulary blocks, vocab splits and backward vocab chunks are hit.
 """
 

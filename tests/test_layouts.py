@@ -174,7 +174,7 @@ def test_dpg_grids_named_after_prompt_files(tmp_path):
 
 def test_dpg_generate_cli_reports_missing_hook(tmp_path, monkeypatch):
   (tmp_path / "p.txt").write_text("x")
-  monkeypatch.setitem(sys.modules, "mdd.eval.generators", None)
+  monkeypatch.setitem(sys.modules, "mdd.inference.generator", None)
   with pytest.raises(SystemExit, match="model_generate_fn"):
     dpg_generate.main(["--prompts_dir", str(tmp_path), "--outdir", str(tmp_path / "o"),
                        "--workdir", str(tmp_path)])

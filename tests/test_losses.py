@@ -1,11 +1,11 @@
-"""mdd.losses: the CE/GCE entry point against the float64 reference, and the token metrics."""
+"""mdd.objectives.losses: the CE/GCE entry point against the float64 reference, and the token metrics."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdd import losses
+from mdd.objectives import losses
 from pallas_kernels.gce import gce_reference
 
 jax.config.update("jax_enable_x64", False)

@@ -1,4 +1,4 @@
-"""mdd.masking: schedules, exact mask counts, complementary masks, edit corruption, weights."""
+"""mdd.objectives.masking: schedules, exact mask counts, complementary masks, edit corruption, weights."""
 
 import math
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdd import masking
+from mdd.objectives import masking
 
 MASK = 40  # V = 40 codes, mask id 40.
 

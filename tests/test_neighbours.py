@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from mdd import neighbours as nb
+from mdd.objectives import neighbours as nb
 from mdd.models import quantizers
 
 
@@ -108,7 +108,7 @@ def test_vq_table_for_2_pow_18_codes_fits_in_4gb():
   script = textwrap.dedent("""
       import json, resource, time
       import numpy as np
-      from mdd import neighbours as nb
+      from mdd.objectives import neighbours as nb
       codebook = np.random.default_rng(0).normal(size=(2 ** 18, 8)).astype(np.float32)
       start = time.time()
       table = nb.build_vq_table(codebook, k=32)

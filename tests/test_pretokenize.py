@@ -7,27 +7,29 @@ import jax
 import numpy as np
 import pytest
 
-from mdd import pretokenize
-from mdd.data import pipeline
+from mdd import workdir as workdir_lib
+from mdd.data import loader
+from mdd.data import token_shards
 from mdd.data import text as text_lib
 from mdd.models import tokenizer as tokenizer_lib
+from mdd.train import pretokenize
 
 
 @pytest.fixture(scope="module")
 def setup():
   model = tokenizer_lib.Tokenizer(channels=tokenizer_lib.variant_channels("micro", 8),
                                   z_channels=16, vocab_size=64, code_dim=4)
-  source = pipeline.TokenizedSource(
-      pipeline.ShapeGenSource(num_examples=11, seed=3, split="train", resolution=32),
+  source = loader.TokenizedSource(
+      loader.ShapeGenSource(num_examples=11, seed=3, split="train", resolution=32),
       text_lib.ByteTokenizer(max_len=16))
   params = model.init(jax.random.key(0), source[0]["image"][None])["params"]
-  encode_fn = pretokenize.make_encode_fn(model)
-  expected = np.asarray(encode_fn(params, np.stack([source[i]["image"] for i in range(11)])))
-  return model, params, source, encode_fn, expected
+  tokenizer = workdir_lib.TrainedTokenizer(model, params)
+  expected = tokenizer.encode(np.stack([source[i]["image"] for i in range(11)]))
+  return tokenizer, source, expected
 
 
 def _check_complete(directory, source, expected, check_get_batch):
-  reader = pretokenize.TokenShardSource(directory, cache_shards=2)
+  reader = token_shards.TokenShardSource(directory, cache_shards=2)
   assert len(reader) == 11 and reader.token_shape == (4, 4) and reader.vocab_size == 64
   seen = []
   for i in range(len(reader)):
@@ -55,43 +57,42 @@ def _check_complete(directory, source, expected, check_get_batch):
 
 
 def test_pretokenize_resumes_without_duplicates_or_drops(setup, tmp_path, check_get_batch):
-  model, params, source, encode_fn, expected = setup
+  tokenizer, source, expected = setup
   out = str(tmp_path / "train")
-  kwargs = dict(shard_size=3, batch_size=4, encode_fn=encode_fn)
+  kwargs = dict(shard_size=3, batch_size=4)
   # "Interrupted" run: two shards, plus a half-written temporary file of a third.
-  written = pretokenize.pretokenize_split(model, params, source, out, max_shards=2, **kwargs)
+  written = pretokenize.pretokenize_split(tokenizer, source, out, max_shards=2, **kwargs)
   assert written == [0, 1]
-  with open(pretokenize.shard_path(out, 2) + ".tmp-999.npz", "wb") as f:
+  with open(token_shards.shard_path(out, 2) + ".tmp-999.npz", "wb") as f:
     f.write(b"garbage")
   with pytest.raises(ValueError, match="incomplete"):
-    pretokenize.TokenShardSource(out)
+    token_shards.TokenShardSource(out)
   mtimes = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(out, "shard-?????.npz"))}
   assert len(mtimes) == 2
-  written = pretokenize.pretokenize_split(model, params, source, out, **kwargs)
+  written = pretokenize.pretokenize_split(tokenizer, source, out, **kwargs)
   assert written == [2, 3]  # Only the missing shards (the last one is partial: 2 examples).
   for path, mtime in mtimes.items():
     assert os.stat(path).st_mtime_ns == mtime  # Finished shards are not redone.
   assert not glob.glob(os.path.join(out, "*.tmp-*"))
   _check_complete(out, source, expected, check_get_batch)
   # A third run does nothing; a different shard size is refused.
-  assert pretokenize.pretokenize_split(model, params, source, out, **kwargs) == []
+  assert pretokenize.pretokenize_split(tokenizer, source, out, **kwargs) == []
   with pytest.raises(ValueError, match="another setting"):
-    pretokenize.pretokenize_split(model, params, source, out, shard_size=4, batch_size=4,
-                                  encode_fn=encode_fn)
+    pretokenize.pretokenize_split(tokenizer, source, out, shard_size=4, batch_size=4)
 
 
 def test_pretokenize_two_processes_split_the_shards(setup, tmp_path, check_get_batch):
-  model, params, source, encode_fn, expected = setup
+  tokenizer, source, expected = setup
   out = str(tmp_path / "train")
-  kwargs = dict(shard_size=2, batch_size=4, encode_fn=encode_fn, process_count=2)
-  first = pretokenize.pretokenize_split(model, params, source, out, process_index=0, **kwargs)
-  second = pretokenize.pretokenize_split(model, params, source, out, process_index=1, **kwargs)
+  kwargs = dict(shard_size=2, batch_size=4, process_count=2)
+  first = pretokenize.pretokenize_split(tokenizer, source, out, process_index=0, **kwargs)
+  second = pretokenize.pretokenize_split(tokenizer, source, out, process_index=1, **kwargs)
   assert first == [0, 2, 4] and second == [1, 3, 5]
   _check_complete(out, source, expected, check_get_batch)
   # The split= form used by the denoiser.
-  assert len(pretokenize.TokenShardSource(str(tmp_path), split="train")) == 11
+  assert len(token_shards.TokenShardSource(str(tmp_path), split="train")) == 11
 
 
 def test_missing_token_dir_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="pretokenize"):
-    pretokenize.TokenShardSource(str(tmp_path))
+    token_shards.TokenShardSource(str(tmp_path))

@@ -1,4 +1,4 @@
-"""Tests of the unmask-and-edit sampler (`mdd.sampler`) with synthetic `logits_fn`s.
+"""Tests of the unmask-and-edit sampler (`mdd.sampling.sampler`) with synthetic `logits_fn`s.
 
 Small vocabulary (8) and grid (4x5) keep each compilation short; configs are shared where a test
 only needs a different input, because compiling (not running) dominates on CPU.
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mdd import sampler
-from mdd.configs import sampler as sampler_configs
+from mdd import sampling as sampler
+from mdd.sampling import policies
 
 VOCAB = 8
 MASK = VOCAB
@@ -114,7 +114,7 @@ def test_every_mask_filled_exactly_once(schedule, policy):
   assert not out.stats["num_unmasked"][config.num_steps:].any()
 
   if policy == "halton":  # positions are filled in Halton order
-    rank = sampler._halton_rank(*GRID)
+    rank = policies._halton_rank(*GRID)
     step_of = np.argmax(out.trajectory.unmasked, axis=0)  # [B, h, w]
     for b in range(3):
       cells = initially_masked[b]
@@ -378,14 +378,14 @@ def test_step_table_and_config():
                               min(0.3, ratio[2] / (1 - ratio[1])), 0, 0], rtol=1e-6)
   np.testing.assert_allclose(table["noise"], 4.5 * (1 - np.array([0, 1, 2, 3, 3]) / 4))
 
-  section = sampler_configs.default_config()
+  section = sampler.default_config()
   section.mask_id = MASK
   assert sampler.SamplerConfig.from_config(section) == sampler.SamplerConfig(mask_id=MASK)
   hash(sampler.SamplerConfig.from_config(section, num_steps=3))
   with pytest.raises(ValueError, match="schedule"):
     _config(schedule="quadratic")
   with pytest.raises(ValueError, match="mask_id"):
-    sampler.SamplerConfig.from_config(sampler_configs.default_config())
+    sampler.SamplerConfig.from_config(sampler.default_config())
   with pytest.raises(ValueError, match="unknown fields"):
     sampler.SamplerConfig.from_config(section, edit_treshold=0.5)
   with pytest.raises(ValueError, match="schedule_mask_ratios"):

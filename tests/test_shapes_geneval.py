@@ -1,4 +1,7 @@
-"""ShapeGenEval: prompt set, GenEval's rules, detector calibration, layout scoring, runner, CLI."""
+"""ShapeGenEval: GenEval's rules, detector calibration, layout scoring, runner, CLI.
+
+The prompt set itself (`mdd.data.prompts`) is tested in test_prompts.py.
+"""
 
 import collections
 import dataclasses
@@ -13,6 +16,7 @@ from PIL import Image, ImageFilter
 from scipy import ndimage
 
 from mdd.data import palette
+from mdd.data import prompts as prompt_set
 from mdd.data import shapes
 from mdd.eval import geneval_layout
 from mdd.eval import shapes_geneval as sg
@@ -45,52 +49,6 @@ def _jpeg(image, quality=75):
 
 def _blur(image, sigma):
   return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(sigma)))
-
-
-# --- Prompt set ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("which", sg.PROMPT_SETS)
-def test_stored_prompt_files_regenerate_identically(tmp_path, which):
-  path = tmp_path / "prompts.jsonl"
-  sg.write_prompts(str(path), sg.build_prompts(which))
-  with open(sg.prompt_file(which), "rb") as f:
-    assert path.read_bytes() == f.read()
-  assert sg.load_prompts(which) == sg.build_prompts(which)
-
-
-def test_prompt_sets_follow_geneval_schema_and_split():
-  main, heldout = sg.load_prompts("main"), sg.load_prompts("heldout")
-  assert collections.Counter(e["tag"] for e in main) == {t: 84 for t in palette.TAGS}
-  assert collections.Counter(e["tag"] for e in heldout) == {
-      "colors": 40, "position": 40, "color_attr": 40}
-  for entry in main + heldout:
-    assert list(entry)[0] == "tag" and entry["prompt"].startswith("a photo of ")
-    assert set(entry) <= {"tag", "include", "exclude", "prompt"}
-    for req in entry["include"]:
-      assert req["class"] in palette.SHAPES and req.get("color", "red") in palette.COLORS
-    if entry["tag"] == "counting":
-      (inc,), (exc,) = entry["include"], entry["exclude"]
-      assert exc == {"class": inc["class"], "count": inc["count"] + 1}
-    if entry["tag"] == "position":
-      assert entry["include"][1]["position"][1] == 0
-      assert entry["include"][0]["class"] != entry["include"][1]["class"]
-
-  def uses_heldout(entry):  # judged with ShapeGen's own definition of the held-out split
-    inc = entry["include"]
-    pairs = any(shapes.is_heldout_pair(r["color"], r["class"]) for r in inc if "color" in r)
-    rels = any(shapes.is_heldout_relation(r["class"], r["position"][0],
-                                          inc[r["position"][1]]["class"])
-               for r in inc if "position" in r)
-    return pairs or rels
-
-  assert not any(uses_heldout(e) for e in main)
-  assert all(uses_heldout(e) for e in heldout)
-  # Every distinct main prompt of a small tag is used; repeats differ by at most one.
-  counts = collections.Counter(e["prompt"] for e in main if e["tag"] == "colors")
-  assert len(counts) == 25 and max(counts.values()) - min(counts.values()) <= 1
-  with pytest.raises(ValueError, match="prompt set"):
-    sg.load_prompts("test")
 
 
 # --- GenEval's rules on hand-made detections -------------------------------------------------
@@ -184,7 +142,7 @@ def test_detections_match_rendered_scene():
 
 
 def _all_unique_prompts():
-  return _unique(sg.load_prompts("main")) + _unique(sg.load_prompts("heldout"))
+  return _unique(prompt_set.load_prompts("main")) + _unique(prompt_set.load_prompts("heldout"))
 
 
 @pytest.mark.parametrize("resolution", RESOLUTIONS)
@@ -297,7 +255,7 @@ def test_noise_scores_near_zero():
   find prompted shapes in it; the first detector, which also fit shapes on the majority colour's
   coverage, scored these images 0.433 (single and two object ~0.98)."""
   rng = np.random.default_rng(0)
-  prompts = sg.load_prompts("main")
+  prompts = prompt_set.load_prompts("main")
   cases = [(_random_token_mosaic(rng), prompts[i]) for i in range(0, len(prompts), 2)]
   first = sg.ScorerSettings(min_area_fraction=0.008, min_confidence=0.5,
                             counting_min_confidence=0.6)
@@ -320,7 +278,7 @@ def test_noise_scores_near_zero():
 
 def _small_prompt_set(which="main", per_tag=2):
   out, seen = [], collections.Counter()
-  for entry in sg.build_prompts(which):
+  for entry in prompt_set.build_prompts(which):
     if seen[entry["tag"]] < per_tag:
       out.append(entry)
       seen[entry["tag"]] += 1
@@ -355,8 +313,8 @@ def test_score_layout_reads_geneval_layout(tmp_path):
 
 
 def test_run_writes_json_with_heldout(tmp_path, monkeypatch):
-  small = {w: _small_prompt_set(w, per_tag=1) for w in sg.PROMPT_SETS}
-  monkeypatch.setattr(sg, "load_prompts", lambda which="main": small[which])
+  small = {w: _small_prompt_set(w, per_tag=1) for w in prompt_set.PROMPT_SETS}
+  monkeypatch.setattr(sg.runner, "load_prompts", lambda which="main": small[which])
   calls = []
   truth = sg.groundtruth_generate_fn(small["main"] + small["heldout"], 32)
 
@@ -385,7 +343,7 @@ def test_run_writes_json_with_heldout(tmp_path, monkeypatch):
 def test_reference_generators_keep_the_models_layout_and_scores(tmp_path, monkeypatch):
   """Measuring the ceiling (renders, tokenizer round trip) in a trained workdir loses nothing."""
   small = _small_prompt_set(per_tag=1)
-  monkeypatch.setattr(sg, "load_prompts", lambda which="main": small)
+  monkeypatch.setattr(sg.runner, "load_prompts", lambda which="main": small)
   truth = sg.groundtruth_generate_fn(small, 32)
   blank = lambda prompts, seeds: np.zeros((len(prompts), 32, 32, 3), np.uint8)  # noqa: E731
   blank.fingerprint = {"generator": "model", "step": 7}
@@ -413,14 +371,14 @@ def test_cli_scores_layout_and_reports_missing_model_hook(tmp_path, monkeypatch,
     stored = json.load(f)
   assert stored["overall"] == 1.0 and stored["num_images"] == 24
   assert "**1.000**" in capsys.readouterr().out
-  monkeypatch.setitem(sys.modules, "mdd.eval.generators", None)  # hook not importable
-  with pytest.raises(SystemExit, match="mdd.eval.generators.model_generate_fn"):
+  monkeypatch.setitem(sys.modules, "mdd.inference.generator", None)  # hook not importable
+  with pytest.raises(SystemExit, match="mdd.inference.generator.model_generate_fn"):
     sg.main(["--workdir", str(tmp_path / "wd"), "--generator", "model"])
 
 
 def test_settings_from_config():
-  from mdd.configs import eval as eval_config  # pylint: disable=g-import-not-at-top
-  cfg = eval_config.default_config()
+  from mdd import defaults
+  cfg = defaults.eval_config()
   assert sg.settings_from_config(cfg.shapes_geneval) == sg.ScorerSettings()
   cfg.shapes_geneval.min_confidence = 0.8
   assert sg.settings_from_config(cfg.shapes_geneval).min_confidence == 0.8

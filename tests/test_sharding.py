@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from mdd import sharding
+from mdd.utils import sharding
 
 
 def _cfg(**sizes):

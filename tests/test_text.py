@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mdd.configs import data as data_config
+from mdd import defaults
 from mdd.data import text
 
 
@@ -56,7 +56,7 @@ def test_truncation_is_counted_and_reported(monkeypatch):
 def test_bad_config_and_from_config():
   with pytest.raises(ValueError, match="max_len"):
     text.ByteTokenizer(max_len=1)
-  cfg = data_config.default_config()
+  cfg = defaults.data_config()
   cfg.max_text_len = 16
   tokenizer = text.tokenizer_from_config(cfg)
   assert tokenizer.max_len == 16 and tokenizer.append_eos

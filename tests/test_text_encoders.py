@@ -1,4 +1,4 @@
-"""mdd.models.text_encoders: MiniLM and T5 against golden outputs of the original PyTorch models,
+"""mdd.models.text: MiniLM and T5 against golden outputs of the original PyTorch models,
 the WordPiece tokenizer against Hugging Face's, the byte encoder, and the per-prompt cache.
 
 Fixtures (tests/fixtures/) were made ONCE by tests/fixtures/make_text_encoder_fixtures.py in a
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from mdd.data import text as text_lib
-from mdd.models import text_encoders as te
+from mdd.models import text as te
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 

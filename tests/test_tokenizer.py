@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdd.configs import tokenizer as tok_config
+from mdd import defaults
 from mdd.models import discriminator as disc_lib
+from mdd import workdir as workdir_lib
 from mdd.models import tokenizer as tokenizer_lib
-from mdd import tokenizer_losses
+from mdd.objectives import tokenizer_losses
 
 
 def _micro(f, quantizer="vq", attention=False):
@@ -93,23 +94,23 @@ def test_weights_carry_logical_names():
 
 
 def test_tokenizer_from_config_and_sizes():
-  cfg = tok_config.default_config()
+  cfg = defaults.tokenizer_config()
   model = tokenizer_lib.tokenizer_from_config(cfg)
   assert model.downsample_factor == 4 and model.num_codes == 1024
   assert tuple(model.channels) == tokenizer_lib.variant_channels("tiny", 4)
-  big = tok_config.size_config("B_v18")
+  big = defaults.tokenizer_config("B_v18")
   model = tokenizer_lib.tokenizer_from_config(big)
   assert model.num_codes == 2 ** 18 and model.downsample_factor == 16
   cfg.model.dtype = "float16"
   with pytest.raises(ValueError, match="dtype"):
     tokenizer_lib.tokenizer_from_config(cfg)
   with pytest.raises(ValueError, match="unknown tokenizer size"):
-    tok_config.size_config("huge")
+    defaults.tokenizer_config("huge")
 
 
 def test_load_tokenizer_missing_dir_is_one_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no trained tokenizer"):
-    tokenizer_lib.load_tokenizer(str(tmp_path))
+    workdir_lib.Workdir(str(tmp_path)).load_tokenizer()
 
 
 def test_patch_discriminator_and_hinge_losses():

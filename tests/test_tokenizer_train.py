@@ -9,23 +9,24 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mdd import pretokenize
-from mdd.configs import data as data_defaults
-from mdd.configs import tokenizer as tokenizer_defaults
-from mdd.data import pipeline
+from mdd import defaults
+from mdd import workdir as workdir_lib
+from mdd.data import loader
+from mdd.data import token_shards
 from mdd.eval import reconstruction
 from mdd.models import tokenizer as tokenizer_lib
-from mdd.train import tokenizer_task
+from mdd.train import pretokenize
+from mdd.train import tokenizer as tokenizer_task
 
 
 def _config(**overrides):
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  c.data = data_defaults.default_config()
+  c.data = defaults.data_config()
   c.data.train_size = 64
   c.data.heldout_size = 16
-  c.tokenizer = tokenizer_defaults.default_config()
+  c.tokenizer = defaults.tokenizer_config()
   t = c.tokenizer
   t.model.variant = "micro"
   t.model.vocab_size = 128
@@ -85,7 +86,7 @@ def test_train_steps_with_gan_restarts_and_falling_loss():
 
 def test_train_step_has_no_scatter():
   """The codebook gradient and the usage counts sort instead of scattering: XLA GPU's
-  scatter-add of the few hot codes was 88% of the H200 tokenizer step (benchmarks/NOTES.md)."""
+  scatter-add of the few hot codes was 88% of the H200 tokenizer step (docs/benchmarks.md)."""
   task = tokenizer_task.make_task(_config())
   state = jax.eval_shape(task.init_state, jax.random.key(0))
   batch = next(task.make_batches(0))
@@ -105,18 +106,20 @@ def test_loop_run_export_load_and_pretokenize(tmp_path):
   for key in ("psnr", "ssim", "codebook_usage", "perplexity"):
     assert key in results and np.isfinite(results[key])
   assert 0 < results["codebook_usage"] <= 1
-  model, params, table = tokenizer_lib.load_tokenizer(workdir)
+  run_dir = workdir_lib.Workdir(workdir)
+  trained, table = run_dir.load_tokenizer(), run_dir.load_neighbours()
+  model, params = trained.model, trained.params
   assert table.neighbours.shape == (128, 4) and (table.neighbours[:, 0] == np.arange(128)).all()
   expected = nn.unbox(state.eval_params)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                params, expected)
-  images = np.stack([pipeline.make_source(config.data, "heldout")[i]["image"] for i in range(2)])
+  images = np.stack([loader.make_source(config.data, "heldout")[i]["image"] for i in range(2)])
   ids = model.apply({"params": params}, images, method="encode")
   assert ids.shape == (2, 8, 8)
   # mode=pretokenize with the exported tokenizer.
   config.tokenizer.pretokenize.shard_size = 8
   assert pretokenize.run(config, workdir, splits=["heldout"]) is None
-  shards = pretokenize.TokenShardSource(pretokenize.tokens_dir(workdir, "heldout"))
+  shards = token_shards.TokenShardSource(workdir_lib.Workdir(workdir).tokens_dir("heldout"))
   assert len(shards) == 16 and shards.token_shape == (8, 8)
   np.testing.assert_array_equal(shards[1]["tokens"], ids[1])
   # A rerun resumes at the last step: nothing to train, same eval.

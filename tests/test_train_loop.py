@@ -10,7 +10,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mdd import sharding
+from mdd.utils import checkpoints
+from mdd.utils import sharding
 from mdd.train import loop, metrics, state as state_lib
 
 
@@ -109,7 +110,7 @@ def test_restore_onto_a_different_mesh(tmp_path):
   loop.train(_task(10), _loop_cfg(), str(tmp_path), _mesh((2, 2, 2)), sharding.DEFAULT_RULES)
   other = _mesh((1, 4, 2))
   task = _task(10)
-  manager = loop.checkpoint_manager(os.path.join(tmp_path, "toy", "checkpoints"))
+  manager = checkpoints.manager(os.path.join(tmp_path, "toy", "checkpoints"))
   state, _, step = loop.restore_or_init(task, manager, other, sharding.DEFAULT_RULES,
                                         jax.random.key(0))
   assert step == 10
@@ -129,9 +130,9 @@ def test_checkpoint_of_another_config_is_a_clear_error(tmp_path):
   wide = _task(10, hidden=32)
   abstract = jax.eval_shape(wide.init_state, jax.random.key(0))
   with pytest.raises(ValueError, match=expected):
-    loop.restore_eval_params(ckpt_dir, abstract)
+    checkpoints.restore_subtrees(ckpt_dir, {"params": checkpoints.on_device(abstract.params)})
   # Nothing was lost: the checkpoint is still there and the right config resumes from it.
-  manager = loop.checkpoint_manager(ckpt_dir)
+  manager = checkpoints.manager(ckpt_dir)
   assert manager.latest_step() == 10
   manager.close()
   state = loop.train(_task(20), _loop_cfg(), str(tmp_path), mesh, sharding.DEFAULT_RULES)
@@ -142,6 +143,6 @@ def test_nan_guard_keeps_last_good_checkpoint(tmp_path):
   with pytest.raises(FloatingPointError, match="non-finite metrics"):
     loop.train(_task(30, poison_at=12), _loop_cfg(), str(tmp_path), _mesh(),
                sharding.DEFAULT_RULES)
-  manager = loop.checkpoint_manager(os.path.join(tmp_path, "toy", "checkpoints"))
+  manager = checkpoints.manager(os.path.join(tmp_path, "toy", "checkpoints"))
   assert manager.latest_step() == 10
   manager.close()

@@ -1,4 +1,4 @@
-"""Tests of image grids and trajectory GIFs (`mdd.visualize`) with a toy decoder."""
+"""Tests of image grids and trajectory GIFs (`mdd.sampling.visualize`) with a toy decoder."""
 
 import os
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mdd import visualize
+from mdd.sampling import visualize
 
 FACTOR = 4
 VOCAB = 8

@@ -1,4 +1,4 @@
-"""Data: ShapeGen scenes, user image folders, byte-level text tokens and input pipelines.
+"""Data: ShapeGen scenes, user image folders, byte-level text tokens and the input loader, token shards and the ShapeGenEval prompt set.
 
 TensorFlow-free; the TFDS builder lives in `mdd.data.shapes_tfds` (import it explicitly).
 Names are imported lazily, so `python -m mdd.data.shapes` runs its module exactly once.
@@ -8,12 +8,12 @@ import importlib
 
 _EXPORTS = {
     "FolderSource": "folder",
-    "batch_iterator": "pipeline",
-    "batches_from_config": "pipeline",
-    "make_source": "pipeline",
-    "numeric_fields": "pipeline",
-    "ShapeGenSource": "pipeline",
-    "TokenizedSource": "pipeline",
+    "batch_iterator": "loader",
+    "batches_from_config": "loader",
+    "make_source": "loader",
+    "numeric_fields": "loader",
+    "ShapeGenSource": "loader",
+    "TokenizedSource": "loader",
     "Obj": "shapes",
     "Scene": "shapes",
     "generate_example": "shapes",

@@ -159,3 +159,15 @@ class FolderSource:
     with self._lock:
       return {"num_examples": len(self), "num_skipped": len(self.skipped),
               "num_fallbacks": self._num_fallbacks}
+
+
+def from_config(data_cfg, split: str) -> FolderSource:
+  """The `folder` entry of `mdd.data.sources.SOURCES`."""
+  if not data_cfg.folder:
+    raise ValueError("data.folder must name a directory with manifest.jsonl for source=folder")
+  width = int(data_cfg.get("width", 0) or 0)
+  resolution = (int(data_cfg.resolution), width) if width else int(data_cfg.resolution)
+  return FolderSource(
+      data_cfg.folder, resolution=resolution, manifest=data_cfg.get("manifest", "manifest.jsonl"),
+      split=split, validation_fraction=float(data_cfg.get("validation_fraction", 0.0)),
+      verify_images=bool(data_cfg.get("verify_images", True)))

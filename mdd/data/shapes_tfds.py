@@ -11,7 +11,7 @@ in index order; PNG images are lossless):
   train = builder.as_data_source("train")
 
 Needs TensorFlow Datasets (and TensorFlow to encode); the TF-free path is
-`mdd.data.pipeline.ShapeGenSource`, which yields the same examples.
+`mdd.data.loader.ShapeGenSource`, which yields the same examples.
 """
 
 from __future__ import annotations

@@ -69,3 +69,10 @@ def generate_grids(generate_fn: GenerateFn, prompts_dir: str, outdir: str,
       generate_fn, [text for _, text in prompts], todo, SAMPLES_PER_PROMPT, batch_size, seed,
       lambda i, images: Image.fromarray(make_grid(images)).save(paths[i]), "DPG-Bench")
   return paths
+
+
+def evaluate(generator, section, workdir: str) -> dict:
+  """The `dpg` entry of `mdd.eval.registry`: DPG-Bench's 2 x 2 grids of the trained model."""
+  outdir = section.outdir or os.path.join(workdir, "eval", "dpg")
+  return generate_grids(generator.generate_fn(int(section.batch_size)), section.prompts_dir,
+                        outdir, batch_size=int(section.batch_size), seed=int(section.seed))

@@ -216,3 +216,23 @@ def _run_cli(args):
 
 if __name__ == "__main__":
   main(sys.argv[1:])
+
+
+def evaluate(generator, section, workdir: str) -> dict:
+  """The `fid` entry of `mdd.eval.registry`: FID of the trained model's samples of ShapeGen's
+  prompts against `section.ref_stats`, written to DIR/eval/fid.json."""
+  from mdd.data import prompts as prompts_lib  # pylint: disable=g-import-not-at-top
+  from mdd.utils import fileio  # pylint: disable=g-import-not-at-top
+  batch_size = int(section.batch_size)
+  prompts = [m["prompt"] for m in prompts_lib.load_prompts("main")]
+  n = int(section.num_samples)
+  prompts = [prompts[i % len(prompts)] for i in range(n)]
+  images = generator.generate_fn(batch_size)(prompts, list(range(n)))
+  feature_fn = inception_feature_fn(section.weights, batch_size)
+  batches = (images[i:i + batch_size] for i in range(0, n, batch_size))
+  mu, sigma = compute_statistics(features_of(batches, feature_fn))
+  value = frechet_distance(mu, sigma, *load_statistics(section.ref_stats))
+  result = {"fid": float(value), "num_images": int(len(images))}
+  fileio.write_json_atomic(os.path.join(workdir, "eval", "fid.json"), result)
+  print(f"FID {value:.3f} over {len(images)} images", flush=True)
+  return result

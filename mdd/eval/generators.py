@@ -9,7 +9,7 @@ def model_generate_fn(workdir: str, config=None, **sampler_overrides):
   Uses the run's config (DIR/config.json) unless one is given, and its sampler section with
   `sampler_overrides` applied (e.g. `edit_threshold=1.0` to switch editing off).
   """
-  from mdd import generation  # pylint: disable=import-outside-toplevel
+  from mdd.inference import generator as generation  # pylint: disable=import-outside-toplevel
   gen = generation.Generator.from_workdir(workdir, config)
   batch_size = int(gen.config.get("eval", {}).get("shapes_geneval", {}).get("batch_size", 64))
   return gen.generate_fn(batch_size=batch_size, **sampler_overrides)

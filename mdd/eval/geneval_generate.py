@@ -7,7 +7,7 @@ writes `OUT/<05d>/metadata.jsonl` + `OUT/<05d>/samples/<04d>.png` (see `geneval_
 GenEval's `evaluation/evaluate_images.py OUT` scores on a machine with its detector, and which
 `python -m mdd.eval.shapes_geneval --workdir DIR --layout OUT` scores offline. The
 `groundtruth` generator renders the metadata with ShapeGen (ShapeGen vocabulary only); `model`
-uses `mdd.eval.generators.model_generate_fn(workdir)`.
+uses `mdd.inference.generator.model_generate_fn(workdir)`.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ import sys
 from typing import Sequence
 
 from mdd.eval import geneval_layout
+from mdd.data import prompts as prompts_lib
 from mdd.eval import shapes_geneval
 
 
 def generate(metadata_file: str, outdir: str, generate_fn: geneval_layout.GenerateFn,
              images_per_prompt: int = 4, batch_size: int = 64, seed: int = 0) -> str:
   """Generates every line of `metadata_file` into the GenEval layout under `outdir`."""
-  metadata = shapes_geneval.read_metadata_file(metadata_file)
+  metadata = prompts_lib.read_metadata_file(metadata_file)
   return geneval_layout.generate_layout(generate_fn, metadata, outdir, images_per_prompt,
                                         batch_size, seed)
 
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--resolution", type=int, default=32, help="groundtruth renders only")
   args = parser.parse_args(argv)
   try:
-    metadata = shapes_geneval.read_metadata_file(args.metadata_file)
+    metadata = prompts_lib.read_metadata_file(args.metadata_file)
     generate_fn = shapes_geneval.load_generator(args.generator, args.workdir, metadata,
                                                 args.resolution)
   except ValueError as e:

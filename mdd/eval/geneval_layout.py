@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from mdd import fileio
+from mdd.utils import fileio
 
 GenerateFn = Callable[[Sequence[str], Sequence[int]], np.ndarray]
 _FOLDER = re.compile(r"^\d{5}$")
@@ -149,3 +149,13 @@ def read_layout(outdir: str) -> list[dict]:
                     (os.listdir(samples) if os.path.isdir(samples) else []) if _SAMPLE.match(n))
     entries.append({"index": int(name), "metadata": metadata, "images": images})
   return entries
+
+
+def evaluate(generator, section, workdir: str) -> dict:
+  """The `geneval` entry of `mdd.eval.registry`: GenEval's layout of the trained model."""
+  with open(section.metadata_file, encoding="utf-8") as f:
+    metadata = [json.loads(line) for line in f if line.strip()]
+  outdir = section.outdir or os.path.join(workdir, "eval", "geneval")
+  return generate_layout(generator.generate_fn(int(section.batch_size)), metadata, outdir,
+                         images_per_prompt=int(section.images_per_prompt),
+                         batch_size=int(section.batch_size), seed=int(section.seed))

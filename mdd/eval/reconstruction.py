@@ -5,7 +5,7 @@ chelsea, rocket; centre-cropped and resized to 256 and 512 px):
 
   python -m mdd.eval.reconstruction --workdir=DIR [--photos] [--num_examples=512]
 
-reads DIR/tokenizer (see `mdd.models.tokenizer.load_tokenizer`) and writes
+reads DIR/tokenizer (see `mdd.workdir.Workdir.load_tokenizer`) and writes
 DIR/eval/reconstruction.json. PSNR is per image on [0, 1] after clipping, averaged; SSIM is the
 Gaussian-window SSIM of Wang et al. (sigma 1.5, 11 taps, per channel, borders cropped), the
 same as `skimage.metrics.structural_similarity(..., gaussian_weights=True,
@@ -24,7 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-from mdd import fileio
+from mdd import workdir as workdir_lib
+from mdd.data import loader
+from mdd.utils import fileio
 from mdd.models import quantizers
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -107,8 +109,7 @@ def evaluate_images(model, params, images: np.ndarray, batch_size: int = 64,
 
 def shapes_images(data_cfg, split: str = "heldout", num_examples: int = 512) -> np.ndarray:
   """The first `num_examples` images of a ShapeGen split as uint8 [N, H, W, 3]."""
-  from mdd.data import pipeline  # pylint: disable=g-import-not-at-top
-  source = pipeline.make_source(data_cfg, split)
+  source = loader.make_source(data_cfg, split)
   num = min(int(num_examples), len(source))
   return np.stack([source[i]["image"] for i in range(num)])
 
@@ -149,15 +150,15 @@ def photo_eval(model, params, resolutions: Sequence[int] = (256, 512)) -> dict[s
 def run_eval(workdir: str, num_examples: int = 512, photos: bool = False,
              resolutions: Sequence[int] = (256, 512)) -> dict[str, Any]:
   """Loads DIR/tokenizer and evaluates it; writes DIR/eval/reconstruction.json."""
-  from mdd.models import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  from mdd.train import tokenizer_task  # pylint: disable=g-import-not-at-top
-  model, params, _ = tokenizer_lib.load_tokenizer(workdir)
-  config = tokenizer_task.load_exported_config(workdir)
+  run_dir = workdir_lib.Workdir(workdir)
+  tokenizer = run_dir.load_tokenizer()
+  model, params = tokenizer.model, tokenizer.params
+  config = run_dir.load_tokenizer_config()
   images = shapes_images(config.data, "heldout", num_examples)
   results = {f"shapes_{k}": v for k, v in evaluate_images(model, params, images).items()}
   if photos:
     results.update(photo_eval(model, params, resolutions))
-  fileio.write_json_atomic(os.path.join(workdir, "eval", "reconstruction.json"), results)
+  fileio.write_json_atomic(run_dir.eval_file("reconstruction.json"), results)
   return results
 
 

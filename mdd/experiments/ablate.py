@@ -1,6 +1,6 @@
-r"""The ablations of the paper's claims (issue 8), end to end, and their report.
+r"""The ablations of the paper's claims, end to end, and their report.
 
-  python -m mdd.experiments.ablate --config=configs/shapes_tiny.py:v14 --workdir=DIR \
+  python -m mdd.experiments.ablate --config=configs/shapes_tiny.py:vocab=14 --workdir=DIR \
       [--studies=loss,sampler,policy,heldout] [--seeds=0,1,2] [--parallel=N] [--gpus=N] \
       [--set denoiser_train.num_steps=600 ...]
   python -m mdd.experiments.ablate --report=DIR/ablate.json --out=docs/results.md
@@ -36,7 +36,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-from mdd import fileio
+from mdd.utils import fileio
 
 LOSS_VARIANTS: dict[str, dict[str, Any]] = {
     "ce": {"loss.type": "ce", "loss.ce_mix": 0.0},
@@ -170,7 +170,7 @@ def eval_many(run_dir: str, jobs: Sequence[dict], which: str, images_per_prompt:
   tag, and per-step edits + re-masks and unmasks per image) and its GenEval layout.
   """
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from mdd import generation  # pylint: disable=import-outside-toplevel
+  from mdd.inference import generator as generation  # pylint: disable=import-outside-toplevel
   from mdd.eval import shapes_geneval  # pylint: disable=import-outside-toplevel
   gen = generation.Generator.from_workdir(run_dir)
   for job in jobs:
@@ -366,14 +366,11 @@ class Ablation:
 def load_config(spec: str, overrides: dict[str, Any] | None = None):
   """The ConfigDict of `path.py[:arg]` with dotted `overrides` (strings parsed as the field's
   type), the way `mdd.main` reads `--config` and `--config.a.b=v`."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise SystemExit(f"ablate: config file {path!r} not found")
-  module_spec = importlib.util.spec_from_file_location("ablate_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg else module.get_config()
+  import configs  # pylint: disable=import-outside-toplevel
+  try:
+    config = configs.load(spec)
+  except ValueError as e:
+    raise SystemExit(f"ablate: {e}") from None
   for key, value in (overrides or {}).items():
     *parents, leaf = key.split(".")
     node = config
@@ -415,7 +412,7 @@ def parse_set(item: str) -> tuple[str, Any]:
 def main(argv: Sequence[str] | None = None):
   parser = argparse.ArgumentParser(prog="python -m mdd.experiments.ablate",
                                    description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="configs/shapes_tiny.py:v14")
+  parser.add_argument("--config", default="configs/shapes_tiny.py:vocab=14")
   parser.add_argument("--workdir")
   parser.add_argument("--studies", default="loss,sampler,policy,heldout")
   parser.add_argument("--loss_variants", default=",".join(LOSS_VARIANTS))
@@ -432,7 +429,6 @@ def main(argv: Sequence[str] | None = None):
   parser.add_argument("--collect", action="store_true",
                       help="rebuild DIR/ablate.json from the runs on disk, run nothing")
   parser.add_argument("--out", default="docs/results.md")
-  parser.add_argument("--notes", default="", help="markdown inserted after the report's title")
   # One evaluation (what the sampler studies spawn).
   parser.add_argument("--eval_run", help=argparse.SUPPRESS)
   parser.add_argument("--eval_jobs", default="[]", help=argparse.SUPPRESS)
@@ -444,11 +440,7 @@ def main(argv: Sequence[str] | None = None):
     return
   if args.report:
     from mdd.experiments import report  # pylint: disable=import-outside-toplevel
-    notes = ""
-    if args.notes:
-      with open(args.notes, encoding="utf-8") as f:
-        notes = f.read()
-    report.write_report(_read_json(args.report), args.out, notes=notes)
+    report.write_report(_read_json(args.report), args.out, source=args.report)
     return
   if not args.workdir:
     parser.error("--workdir is required (or --report)")

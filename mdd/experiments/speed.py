@@ -13,7 +13,7 @@ For each stage of the config, at its real sizes (model, batch, vocabulary, loss 
             step; ~max(host_ms, step_ms) when the two overlap, their sum when they do not;
   sampler   ms per batch of `eval.shapes_geneval.batch_size` prompts with the config's sampler.
 With `--profile`, a profiler trace of the train steps adds the device time per step, its top
-kernels and kernel kinds (the trace parser of `pallas_kernels.bench.gce`); on CPU the ops of the
+kernels and kernel kinds (the trace parser of `mdd.utils.profiling`); on CPU the ops of the
 XLA threads, in thread time summed over cores (so it can exceed the step's wall time). Nothing
 is trained to quality (fresh parameters, random neighbour table): the numbers are speed only. A
 table goes to stdout and everything to `--out` (JSON, rewritten after each stage) with the
@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from mdd import fileio
+from mdd.utils import fileio
 from mdd.experiments import ablate
 
 
@@ -48,14 +48,14 @@ def _timed(fn: Callable[[], Any], repeats: int) -> float:
 def _profile(step: Callable[[int], Any], steps: int) -> dict:
   """Device ms per step and the top kernels, from a profiler trace of `steps` steps."""
   import jax  # pylint: disable=import-outside-toplevel
-  from pallas_kernels.bench import gce as gce_bench  # pylint: disable=import-outside-toplevel
+  from mdd.utils import profiling  # pylint: disable=import-outside-toplevel
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
       for k in range(steps):
         out = step(k)
       jax.block_until_ready(out)
     per_step = {name: ms / steps for name, ms in
-                gce_bench.trace_kernel_times(trace_dir).items()}
+                profiling.trace_kernel_times(trace_dir).items()}
   top = sorted(per_step.items(), key=lambda kv: -kv[1])[:20]
   # Kinds: names without their instance number (`loop_add_fusion_13`, `ynn_fusion.387`); on CPU
   # hundreds of small ops share a kind, and the kinds are what says where time goes.
@@ -74,7 +74,7 @@ def _measure_task(task, mesh, rules, host_batches: Iterator[dict], steps: int,
   """host/step/loop milliseconds and compile seconds of one loop Task."""
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
-  from mdd import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
+  from mdd.utils import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
   from mdd.train import loop  # pylint: disable=import-outside-toplevel
 
   out = {"host_ms": 1e3 * _timed(lambda: next(host_batches), max(steps // 2, 3))}
@@ -115,7 +115,7 @@ def _measure_task(task, mesh, rules, host_batches: Iterator[dict], steps: int,
 
 
 def measure_tokenizer(config, mesh, rules, steps: int, profile: bool = False) -> dict:
-  from mdd.train import tokenizer_task  # pylint: disable=import-outside-toplevel
+  from mdd.train import tokenizer as tokenizer_task  # pylint: disable=import-outside-toplevel
   task = tokenizer_task.make_task(config)
   return _measure_task(task, mesh, rules, task.make_batches(0), steps, profile)
 
@@ -128,17 +128,17 @@ def _random_table(vocab: int, k: int, rng: np.random.Generator):
 
 
 def _denoiser_system(config):
-  from mdd.train import denoiser_task  # pylint: disable=import-outside-toplevel
+  from mdd.models import system as system_lib  # pylint: disable=import-outside-toplevel
   vocab = int(config.tokenizer.model.vocab_size)
   neighbours, weights = _random_table(vocab, int(config.tokenizer.neighbours.k),
                                       np.random.default_rng(0))
-  return denoiser_task.system_from_config(config, vocab_size=vocab, neighbours=neighbours,
-                                          neighbour_weights=weights)
+  return system_lib.system_from_config(config, vocab_size=vocab, neighbours=neighbours,
+                                       neighbour_weights=weights)
 
 
 def _token_grid(config) -> tuple[int, int]:
-  from mdd.train import tokenizer_task  # pylint: disable=import-outside-toplevel
-  height, width = tokenizer_task.image_shape(config)
+  from mdd import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  height, width = workdir_lib.image_hw(config.data)
   f = int(config.tokenizer.model.downsample_factor)
   return height // f, width // f
 
@@ -157,7 +157,7 @@ def _token_batches(config, batch_size: int) -> Iterator[dict]:
 
 
 def measure_denoiser(config, mesh, rules, steps: int, profile: bool = False) -> dict:
-  from mdd.train import denoiser_task  # pylint: disable=import-outside-toplevel
+  from mdd.train import denoiser as denoiser_task  # pylint: disable=import-outside-toplevel
   system = _denoiser_system(config)
   batch_size = int(config.denoiser_train.batch_size)
   task = denoiser_task.make_task(config, system, lambda _: _token_batches(config, batch_size))
@@ -167,12 +167,12 @@ def measure_denoiser(config, mesh, rules, steps: int, profile: bool = False) -> 
 def measure_sampler(config, repeats: int) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from mdd import sampler as sampler_lib  # pylint: disable=import-outside-toplevel
-  from mdd.eval import shapes_geneval  # pylint: disable=import-outside-toplevel
+  from mdd import sampling as sampler_lib  # pylint: disable=import-outside-toplevel
+  from mdd.data import prompts as prompts_lib  # pylint: disable=import-outside-toplevel
   system = _denoiser_system(config)
   params = jax.jit(system.init_params)(jax.random.key(0))
   batch = int(config.eval.shapes_geneval.batch_size)
-  prompts = [m["prompt"] for m in shapes_geneval.load_prompts("main")][:batch]
+  prompts = [m["prompt"] for m in prompts_lib.load_prompts("main")][:batch]
   prompts += prompts[:batch - len(prompts)]
   grid = _token_grid(config)
   cfg = sampler_lib.SamplerConfig.from_config(config.sampler, mask_id=system.denoiser.mask_id)
@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None):
     raise SystemExit(f"speed: unknown stages {sorted(unknown)}")
 
   import jax  # pylint: disable=import-outside-toplevel
-  from mdd import sharding  # pylint: disable=import-outside-toplevel
+  from mdd.utils import sharding  # pylint: disable=import-outside-toplevel
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config)
   devices = jax.devices()

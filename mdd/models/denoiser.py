@@ -13,7 +13,7 @@ logits and loss stay per token.
 
 The head is a bias-free `[D, V]` matrix so the loss can run fused without building logits:
 `Denoiser(...)(..., return_hidden=True)` returns the final-normed hidden states and
-`head_weights(params)` returns `w [V, D]` for `mdd.losses`.
+`head_weights(params)` returns `w [V, D]` for `mdd.objectives.losses`.
 
 Size variants (one table; parameter counts of the denoiser alone, text width 384, token
 embedding and head included, at V = 16384 and V = 1024 codes; `python -m mdd.models.denoiser`

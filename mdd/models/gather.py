@@ -3,7 +3,7 @@
 `jnp.take(table, ids)` differentiates into a scatter-add of the output gradient into the table.
 XLA GPU runs that scatter with atomics, which serialise when many ids are equal: in a VQ
 tokenizer a few codes (the background) take most tokens, and that one scatter was most of the
-H200 tokenizer step (benchmarks/NOTES.md). `take_rows` gathers the same rows but its gradient
+H200 tokenizer step (docs/benchmarks.md). `take_rows` gathers the same rows but its gradient
 sorts the ids, sums each run of equal ids with a segmented scan and reads the run ends out
 with gathers: no scatter, no atomics, and the sum is a tree (not a serial chain) in float32.
 """

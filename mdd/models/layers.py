@@ -2,7 +2,7 @@
 
 Every weight is created through `nn.with_logical_partitioning` with logical axis names
 (`embed, mlp, heads, kv, vocab`), and activations are constrained with their own names
-(`act_batch, act_len, act_embed, act_heads, act_vocab`); `mdd/sharding.py` maps both onto the
+(`act_batch, act_len, act_embed, act_heads, act_vocab`); `mdd/utils/sharding.py` maps both onto the
 mesh. Outside a mesh the constraints are no-ops, so the same modules run on one CPU.
 
 Precision: parameters live in `param_dtype` (fp32 master weights), matmuls run in `dtype`
@@ -31,7 +31,7 @@ class Embed(nn.Embed):
 
   The gradient is then a `param_dtype` (float32) scatter-add: `nn.Embed` casts the table first,
   and XLA GPU runs the resulting bfloat16 scatter-add slowly (87% of the H200's `S` denoiser
-  step, benchmarks/NOTES.md) and sums frequent codes' updates in bfloat16.
+  step, docs/benchmarks.md) and sums frequent codes' updates in bfloat16.
   """
 
   def __call__(self, inputs: jax.Array) -> jax.Array:

@@ -10,7 +10,6 @@ Public API (what the rest of mdd uses):
   tokenizer.decode(ids) -> float images [-1, 1] (unclipped) [B, H, W, 3]
   tokenizer.codebook() -> [V, d]
   tokenizer_from_config(cfg) -> Tokenizer      # cfg: the `tokenizer` config section
-  load_tokenizer(dir) -> (Tokenizer, params, NeighbourTable)
 (Linen methods are called as `model.apply({"params": p}, x, method="encode")`.)
 
 Weights carry logical axis names `conv_in` / `conv_out` (kernels) and `codebook`.
@@ -213,7 +212,7 @@ def upsample_nearest_2x(x: Array) -> Array:
 
   A broadcast + reshape, so the gradient is a sum over each 2x2 block: `jax.image.resize`
   gathers, and its gradient is a bfloat16 scatter-add that took 88% of the H200's time in the
-  GPU tokenizer step (benchmarks/NOTES.md).
+  GPU tokenizer step (docs/benchmarks.md).
   """
   batch, height, width, channels = x.shape
   x = jnp.broadcast_to(x[:, :, None, :, None, :], (batch, height, 2, width, 2, channels))
@@ -358,20 +357,3 @@ def tokenizer_from_config(cfg) -> Tokenizer:
       lookup_block_size=int(model.lookup_block_size),
       entropy_weight=float(model.entropy_weight),
       entropy_temperature=float(model.entropy_temperature), dtype=dtype)
-
-
-CONFIG_FILE = "tokenizer_config.json"
-NEIGHBOURS_FILE = "neighbours.npz"
-
-
-def load_tokenizer(directory: str):
-  """Loads (module, params, neighbour table) from a workdir's `tokenizer/` folder.
-
-  `directory` is either the workdir (holding `tokenizer/`) or the `tokenizer/` folder itself,
-  as written by `mdd.train.tokenizer_task.export_tokenizer`: the latest orbax checkpoint of the
-  train loop, `tokenizer_config.json` and `neighbours.npz`. Params are the EMA copy when the run
-  kept one. The neighbour table is None when the file is missing.
-  """
-  # Imported here: the task module pulls in the train loop, which model users rarely need.
-  from mdd.train import tokenizer_task  # pylint: disable=g-import-not-at-top
-  return tokenizer_task.load_exported(directory)

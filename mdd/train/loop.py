@@ -24,8 +24,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
-from mdd import sharding as sharding_lib
-from mdd.fileio import write_json_atomic  # noqa: F401  (re-exported for the tasks)
+from mdd.utils import checkpoints
+from mdd.utils import sharding as sharding_lib
+from mdd.utils.fileio import write_json_atomic
 from mdd.train import metrics as metrics_lib
 
 
@@ -66,13 +67,6 @@ def _sigterm_flag():
     signal.signal(signal.SIGTERM, previous)
 
 
-def checkpoint_manager(directory: str, keep: int = 2, async_save: bool = True):
-  """Orbax manager; saves go to a temporary folder that is renamed when complete (atomic)."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
-
-
 def abstract_state(task: Task, mesh: Mesh, rules) -> tuple[Any, Any]:
   """(abstract state with shardings, shardings) without allocating anything."""
   abstract = jax.eval_shape(task.init_state, jax.random.key(0))
@@ -94,56 +88,11 @@ def restore_or_init(task: Task, manager, mesh: Mesh, rules, rng: jax.Array):
     try:
       state = manager.restore(latest, args=ocp.args.StandardRestore(target))
     except ValueError as e:
-      raise _mismatch(task.name, manager.directory, latest, e) from None
+      raise checkpoints.mismatch_error(task.name, manager.directory, latest, e) from None
     return state, shardings, int(latest)
   with mesh, nn.logical_axis_rules(list(rules)):
     state = jax.jit(task.init_state, out_shardings=shardings)(rng)
   return state, shardings, 0
-
-
-def restore_eval_params(ckpt_dir: str, abstract_part, path: tuple[str, ...] = ()):
-  """(unboxed EMA-or-raw params, step) of the latest checkpoint in `ckpt_dir`, on one device.
-
-  `abstract_part` is the `eval_shape` of the train-state node holding `params` (and
-  `ema_params`, possibly None) found under the keys `path` of the saved state. A partial restore
-  reads only those arrays: the optimizer state and other bookkeeping are never loaded, so
-  sampling and evaluation do not depend on how the model was trained.
-  """
-  ckpt_dir = os.path.abspath(ckpt_dir)
-  step = None
-  if os.path.isdir(ckpt_dir):
-    with ocp.CheckpointManager(ckpt_dir) as manager:
-      step = manager.latest_step()
-  item_dir = os.path.join(ckpt_dir, str(step), "default")
-  if step is None or not os.path.isdir(item_dir):
-    raise FileNotFoundError(f"no checkpoint under {ckpt_dir}")
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  on_device = lambda tree: jax.tree.map(  # noqa: E731
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), tree)
-  target = {"params": on_device(abstract_part.params)}
-  if abstract_part.ema_params is not None:
-    target["ema_params"] = on_device(abstract_part.ema_params)
-  for key in reversed(path):
-    target = {key: target}
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    try:
-      restored = checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(
-          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-          partial_restore=True))
-    except ValueError as e:
-      raise _mismatch("model", ckpt_dir, step, e) from None
-  for key in path:
-    restored = restored[key]
-  return nn.unbox(restored.get("ema_params", restored["params"])), int(step)
-
-
-def _mismatch(name: str, directory, step: int, error: ValueError) -> ValueError:
-  """One line for a checkpoint whose arrays do not fit the config's model (a workdir reused with
-  another config), instead of orbax's advice to pad or truncate."""
-  reason = str(error).strip().split("\n")[0].split(". ")[0]
-  return ValueError(f"{name}: the checkpoint at step {step} in {directory} cannot be restored "
-                    f"for this config ({reason}); a workdir written with another config needs "
-                    "that config or a fresh --workdir")
 
 
 def jit_train_step(task: Task, state_shardings, step_rng: jax.Array):
@@ -174,7 +123,7 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
   is_main = jax.process_index() == 0
   writer = metrics_lib.Writer(out_dir, is_main=is_main,
                               tensorboard=bool(loop_cfg.get("tensorboard", True)))
-  manager = checkpoint_manager(os.path.join(out_dir, "checkpoints"),
+  manager = checkpoints.manager(os.path.join(out_dir, "checkpoints"),
                                keep=int(loop_cfg.get("keep_checkpoints", 2)),
                                async_save=bool(loop_cfg.get("async_checkpoints", True)))
   rng = jax.random.key(seed)

@@ -1,6 +1,6 @@
 """`fused_gce`: Grouped Cross-Entropy with a custom VJP, dispatching to XLA, chunked or Pallas.
 
-GCE (DESIGN.md): with z = x w^T, group G = nbr[y] and normalised weights q,
+GCE (docs/architecture.md): with z = x w^T, group G = nbr[y] and normalised weights q,
   soft:      L = LSE(z) - sum_k q_k z_{G_k}
   marginal:  L = LSE(z) - LSE_k(z_{G_k} + log q_k)
   loss = (1 - ce_mix) L + ce_mix (LSE(z) - z_y).

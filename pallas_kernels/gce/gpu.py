@@ -4,7 +4,7 @@ Why Triton lowering rather than Mosaic GPU: the same code (`pallas_call` +
 `jax.experimental.pallas.triton.CompilerParams(num_warps, num_stages)`) compiles and runs under
 both JAX versions this repo must support (0.10.2 pinned here, 0.11.2 on the lent H200), its
 interpreter runs the kernels on CPU for tests, and it is fast enough: on the H200 both kernels
-run at ~620-640 TFLOP/s, 0.88 of the run's best XLA bf16 GEMM rate (benchmarks/NOTES.md).
+run at ~620-640 TFLOP/s, 0.88 of the run's best XLA bf16 GEMM rate (docs/benchmarks.md).
 Mosaic GPU (wgmma + TMA, warp specialisation) is the upstream direction and the next step if
 the last ~10% matter.
 

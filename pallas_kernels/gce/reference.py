@@ -1,7 +1,7 @@
 """Float64 NumPy reference for Grouped Cross-Entropy (GCE): loss and gradients.
 
 This is the ground truth every implementation in `pallas_kernels.gce` is tested against. It
-follows the definition in DESIGN.md ("GCE — the definition this repo uses") literally, with
+follows the definition in docs/architecture.md ("GCE") literally, with
 materialised float64 logits, so it is only meant for small shapes.
 
 Conventions shared with `api.fused_gce` (documented there too):

@@ -1,0 +1,419 @@
+"""Input pipelines: random-access sources and one deterministic, resumable batch iterator.
+
+A *source* is anything with `__len__` and `__getitem__(i) -> dict` of numpy values (ShapeGen,
+a user folder, a TFDS dataset, token shards); a source may also offer `get_batch(indices) ->
+dict` of stacked arrays, equal to stacking `source[i]`, which `batch_iterator` then uses (one
+vectorised gather instead of a Python call per example: token shards and cached ShapeGen read a
+batch in about a millisecond). `batch_iterator` turns any source into per-process batches
+without TensorFlow:
+
+* the example stream is the concatenation of epochs; epoch `e` visits the source in the order
+  `default_rng((seed, e)).permutation(n)` (or in order without shuffling);
+* global batch `k` is stream positions `[k * G, (k + 1) * G)` with `G = batch_size *
+  process_count`, and process `p` takes the `p`-th contiguous `batch_size` slice, so processes
+  read disjoint examples and together exactly the global batch;
+* batch `k` depends only on `(seed, k)`, so `start_step=k` resumes exactly where a run from 0
+  would be at step `k`.
+
+`make_source(data_cfg, split)` builds the configured source (`mdd.data.sources`) and adds
+the byte-tokenized caption: `text_ids` int32 [max_len], `text_len`, `text_truncated`.
+ShapeGen renders can be cached in a `.npy` memory map under `data_cfg.cache_dir`.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import hashlib
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+from absl import logging
+import numpy as np
+
+from mdd.data import palette
+from mdd.data import shapes
+from mdd.data import text as text_lib
+
+
+Batch = dict[str, np.ndarray]
+
+
+class RandomAccessSource(Protocol):
+  def __len__(self) -> int: ...
+  def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+def read_batch(source: RandomAccessSource, indices: np.ndarray) -> Batch:
+  """The examples `indices` of `source`, stacked: `source.get_batch` when it has one."""
+  if hasattr(source, "get_batch"):
+    return source.get_batch(np.asarray(indices))
+  return stack_examples([source[int(i)] for i in indices])
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources.
+
+# Bump when ShapeGen's output changes in a way the cache fingerprint (example 0) could miss.
+_CACHE_VERSION = 1
+
+
+class ShapeGenSource:
+  """The first `num_examples` ShapeGen examples of a split, rendered on demand or from a cache.
+
+  `source[i]` == `shapes.generate_example(seed, i, split, resolution, tag)` where `tag` cycles
+  through `tags` (all tags drawn at random when `tags` is empty). With `cache_dir`, all images
+  are rendered once into `<cache_dir>/shapegen_<key>.npy` (+ `.jsonl` for texts) and memory-mapped.
+  """
+
+  def __init__(self, *, num_examples: int, seed: int = 0, split: str = "train",
+               resolution: int | tuple[int, int] = 32, tags: Sequence[str] = (),
+               cache_dir: str | None = None, num_workers: int = 0):
+    if num_examples < 1:
+      raise ValueError(f"ShapeGen num_examples must be >= 1, got {num_examples}")
+    if split not in shapes.SPLITS:
+      raise ValueError(f"ShapeGen split must be one of {shapes.SPLITS}, got {split!r}")
+    unknown = [t for t in tags if t not in palette.TAGS]
+    if unknown:
+      raise ValueError(f"unknown ShapeGen tags {unknown}; expected some of {palette.TAGS}")
+    self.num_examples = int(num_examples)
+    self.seed, self.split, self.tags = int(seed), split, tuple(tags)
+    self.resolution = resolution if isinstance(resolution, int) else tuple(resolution)
+    shapes.parse_resolution(self.resolution)  # Validates early, with a clear message.
+    self._images = None
+    self._texts = None
+    if cache_dir:
+      self._images, self._texts = self._load_or_build_cache(cache_dir, num_workers)
+
+  def _generate(self, index: int) -> dict:
+    tag = self.tags[index % len(self.tags)] if self.tags else None
+    return shapes.generate_example(self.seed, index, self.split, self.resolution, tag=tag)
+
+  def __len__(self) -> int:
+    return self.num_examples
+
+  def __getitem__(self, index: int) -> dict:
+    if not 0 <= index < self.num_examples:
+      raise IndexError(f"index {index} out of range for {self.num_examples} examples")
+    if self._images is None:
+      return self._generate(index)
+    caption, tag, metadata = self._texts[index]
+    return {"image": np.asarray(self._images[index]), "caption": caption, "tag": tag,
+            "metadata": metadata}
+
+  def get_batch(self, indices: np.ndarray) -> Batch:
+    """Stacked examples; from the cache one gather, else rendered one by one."""
+    indices = np.asarray(indices, np.int64)
+    if indices.size and not (0 <= indices.min() and indices.max() < self.num_examples):
+      raise IndexError(f"indices out of range for {self.num_examples} examples")
+    if self._images is None:
+      return stack_examples([self._generate(int(i)) for i in indices])
+    texts = [self._texts[int(i)] for i in indices]
+    return {"image": np.asarray(self._images[indices]),
+            "caption": np.array([t[0] for t in texts]), "tag": np.array([t[1] for t in texts]),
+            "metadata": np.array([t[2] for t in texts])}
+
+  def _cache_key(self) -> str:
+    first = self._generate(0)
+    fingerprint = hashlib.sha256(first["image"].tobytes() + first["metadata"].encode())
+    description = json.dumps([_CACHE_VERSION, self.seed, self.split, self.resolution,
+                              self.num_examples, self.tags, fingerprint.hexdigest()])
+    return hashlib.sha256(description.encode()).hexdigest()[:16]
+
+  def _load_or_build_cache(self, cache_dir: str, num_workers: int):
+    base = os.path.join(cache_dir, f"shapegen_{self.split}_{self._cache_key()}")
+    if not (os.path.exists(base + ".npy") and os.path.exists(base + ".jsonl")):
+      os.makedirs(cache_dir, exist_ok=True)
+      start = time.perf_counter()
+      images, texts = self._render_all(num_workers)
+      # Write under temporary names and rename: concurrent builders never see half a file.
+      for suffix, write in ((".npy", lambda f: np.save(f, images)),
+                            (".jsonl", lambda f: f.write("\n".join(
+                                json.dumps(t) for t in texts).encode()))):
+        handle, tmp = tempfile.mkstemp(dir=cache_dir, suffix=suffix)
+        with os.fdopen(handle, "wb") as f:
+          write(f)
+        os.replace(tmp, base + suffix)
+      logging.info("ShapeGen cache %s: %d images in %.1f s", base, self.num_examples,
+                   time.perf_counter() - start)
+    images = np.load(base + ".npy", mmap_mode="r")
+    with open(base + ".jsonl", encoding="utf-8") as f:
+      texts = [tuple(json.loads(line)) for line in f]
+    if len(images) != self.num_examples or len(texts) != self.num_examples:
+      raise ValueError(f"ShapeGen cache {base} is inconsistent; delete it and rerun")
+    return images, texts
+
+  def _render_all(self, num_workers: int):
+    chunks = [range(i, min(i + 1024, self.num_examples))
+              for i in range(0, self.num_examples, 1024)]
+    if num_workers > 1:
+      # Spawned, not forked: forking a process that runs JAX or threads is unsafe.
+      context = multiprocessing.get_context("spawn")
+      with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
+        parts = list(pool.map(_render_chunk, [(self, c) for c in chunks]))
+    else:
+      parts = [_render_chunk((self, c)) for c in chunks]
+    images = np.concatenate([p[0] for p in parts])
+    texts = [t for p in parts for t in p[1]]
+    return images, texts
+
+  def __getstate__(self):  # Worker processes only need the description, not the cache.
+    state = dict(self.__dict__)
+    state["_images"] = state["_texts"] = None
+    return state
+
+
+def _render_chunk(args) -> tuple[np.ndarray, list[tuple[str, str, str]]]:
+  source, indices = args
+  examples = [source._generate(i) for i in indices]  # pylint: disable=protected-access
+  return (np.stack([e["image"] for e in examples]),
+          [(e["caption"], e["tag"], e["metadata"]) for e in examples])
+
+
+class TfdsSource:
+  """A prepared TFDS dataset read by random access (ArrayRecord); needs TensorFlow Datasets.
+
+  Builds the dataset first if needed (ShapeGen's builder generates locally, no download).
+  Bytes features come back as `str`.
+  """
+
+  def __init__(self, name_or_builder, split: str, data_dir: str | None = None):
+    """`name_or_builder`: a registered name ("shape_gen/res32") or a TFDS builder instance."""
+    try:
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    except ImportError as error:
+      raise ValueError("data.source=tfds needs tensorflow-datasets and tensorflow (the `tf` "
+                       "extra); use source=shapes or folder without them") from error
+    if isinstance(name_or_builder, str):
+      if name_or_builder.split("/")[0] == "shape_gen":
+        from mdd.data import shapes_tfds  # pylint: disable=g-import-not-at-top,unused-import
+      builder = tfds.builder(name_or_builder, data_dir=data_dir or None)
+    else:
+      builder = name_or_builder
+    builder.download_and_prepare(file_format="array_record")
+    self._source = builder.as_data_source(split=split)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict:
+    example = self._source[index]
+    return {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in example.items()}
+
+
+class TokenizedSource:
+  """Adds `text_ids`, `text_len`, `text_truncated` for the `caption` of each example."""
+
+  def __init__(self, source: RandomAccessSource, tokenizer: text_lib.ByteTokenizer):
+    self.source, self.tokenizer = source, tokenizer
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict:
+    example = dict(self.source[index])
+    ids, length, truncated = self.tokenizer.encode(example["caption"])
+    example.update(text_ids=ids, text_len=np.int32(length), text_truncated=np.bool_(truncated))
+    return example
+
+  def get_batch(self, indices: np.ndarray) -> Batch:
+    batch = read_batch(self.source, indices)
+    batch.update(self.tokenizer.encode_batch([str(c) for c in batch["caption"].tolist()]))
+    return batch
+
+
+def _tags(data_cfg) -> tuple[str, ...]:
+  tags = data_cfg.get("tags", "")
+  if isinstance(tags, str):
+    tags = [t.strip() for t in tags.split(",")]
+  return tuple(t for t in tags if t)
+
+
+def image_resolution(data_cfg) -> int | tuple[int, int]:
+  """`resolution` (square) or (`resolution`, `width`) when `width` is set."""
+  width = int(data_cfg.get("width", 0) or 0)
+  return (int(data_cfg.resolution), width) if width else int(data_cfg.resolution)
+
+
+def shapegen_from_config(data_cfg, split: str) -> ShapeGenSource:
+  """The `shapes` entry of `mdd.data.sources.SOURCES`."""
+  sizes = {"train": data_cfg.train_size, "validation": data_cfg.validation_size,
+           "heldout": data_cfg.heldout_size}
+  if split not in sizes:
+    raise ValueError(f"ShapeGen split must be one of {tuple(sizes)}, got {split!r}")
+  return ShapeGenSource(num_examples=int(sizes[split]), seed=int(data_cfg.seed), split=split,
+                        resolution=image_resolution(data_cfg), tags=_tags(data_cfg),
+                        cache_dir=data_cfg.get("cache_dir") or None,
+                        num_workers=int(data_cfg.get("cache_workers", 0)))
+
+
+def tfds_from_config(data_cfg, split: str) -> TfdsSource:
+  """The `tfds` entry of `mdd.data.sources.SOURCES`."""
+  if not data_cfg.tfds_name:
+    raise ValueError("data.tfds_name must be set for source=tfds")
+  return TfdsSource(data_cfg.tfds_name, split, data_cfg.get("tfds_data_dir") or None)
+
+
+def make_source(data_cfg, split: str) -> RandomAccessSource:
+  """The configured source for `split` (by name, `mdd.data.sources.SOURCES`) with tokenized
+  captions."""
+  from mdd.data import sources  # pylint: disable=g-import-not-at-top
+  kind = data_cfg.source
+  if kind not in sources.SOURCES:
+    raise ValueError(f"data.source must be one of {sorted(sources.SOURCES)}; got {kind!r}")
+  source = sources.SOURCES[kind].resolve()(data_cfg, split)
+  return TokenizedSource(source, text_lib.tokenizer_from_config(data_cfg))
+
+
+# ----------------------------------------------------------------------------------------------
+# Batching.
+
+def _stack(values: list) -> np.ndarray:
+  if isinstance(values[0], (str, bytes)):
+    return np.array(values)
+  return np.stack([np.asarray(v) for v in values])
+
+
+def stack_examples(examples: list[dict]) -> Batch:
+  """Example dicts -> one dict of stacked arrays (strings become numpy string arrays)."""
+  return {key: _stack([e[key] for e in examples]) for key in examples[0]}
+
+
+def numeric_fields(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The fields that can go to devices (numbers and bools; drops captions and other text)."""
+  return {k: v for k, v in batch.items()
+          if isinstance(v, np.ndarray) and (np.issubdtype(v.dtype, np.number)
+                                            or v.dtype == np.bool_)}
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+  """The order in which epoch `epoch` visits a source of `num_examples`."""
+  if not shuffle:
+    return np.arange(num_examples)
+  return np.random.default_rng((int(seed), int(epoch))).permutation(num_examples)
+
+
+def batch_iterator(source: RandomAccessSource, *, batch_size: int, seed: int,
+                   start_step: int = 0, process_index: int = 0, process_count: int = 1,
+                   drop_remainder: bool = True, shuffle: bool = True,
+                   num_epochs: int | None = None,
+                   transform: Callable[[Batch], Batch] | None = None,
+                   num_threads: int = 0, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+  """Yields this process's batches (dicts of stacked numpy arrays) from `start_step` on.
+
+  Args:
+    source: random-access source of example dicts.
+    batch_size: examples per batch *per process*; the global batch is `batch_size *
+      process_count`.
+    seed: shuffling seed (each epoch reshuffles with `(seed, epoch)`).
+    start_step: first global step to yield; the batches are those a run from 0 yields there.
+    process_index, process_count: this process and how many read the same stream
+      (`jax.process_index()`, `jax.process_count()`).
+    drop_remainder: with finite `num_epochs`, drop the last incomplete global batch; if False,
+      it is padded with the stream's first example and every batch gets a bool `valid`
+      [batch_size] field (False on padding).
+    shuffle: shuffle within each epoch (else read in order).
+    num_epochs: stop after this many passes; None = forever.
+    transform: applied to each stacked batch before it is yielded.
+    num_threads: load examples on this many threads (0 = in the caller's thread).
+    prefetch: batches loaded ahead when `num_threads > 0`.
+  """
+  num_examples = len(source)
+  if num_examples < 1:
+    raise ValueError("batch_iterator needs a non-empty source")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} must be in [0, {process_count})")
+  if start_step < 0:
+    raise ValueError(f"start_step must be >= 0, got {start_step}")
+  global_batch = batch_size * process_count
+  total = None if num_epochs is None else int(num_epochs) * num_examples
+  if total is None:
+    num_steps = None
+  elif drop_remainder:
+    num_steps = total // global_batch
+  else:
+    num_steps = -(-total // global_batch)
+
+  orders: dict[int, np.ndarray] = {}
+
+  def indices_for(step: int) -> tuple[np.ndarray, np.ndarray]:
+    positions = step * global_batch + process_index * batch_size + np.arange(batch_size)
+    valid = positions < total if total is not None else np.ones(batch_size, bool)
+    positions = np.where(valid, positions, 0)
+    epochs = positions // num_examples
+    needed = {int(e) for e in np.unique(epochs)}
+    for epoch in [e for e in orders if e not in needed]:  # Keep only what this batch reads.
+      del orders[epoch]
+    for epoch in needed - set(orders):
+      orders[epoch] = epoch_order(num_examples, seed, epoch, shuffle)
+    indices = np.array([orders[int(e)][p % num_examples] for e, p in zip(epochs, positions)])
+    return indices, valid
+
+  def finish(batch: Batch, valid: np.ndarray) -> Batch:
+    if not drop_remainder:
+      batch["valid"] = valid
+    return transform(batch) if transform is not None else batch
+
+  steps = _count(start_step, num_steps)
+  if num_threads <= 0:
+    for step in steps:
+      indices, valid = indices_for(step)
+      yield finish(read_batch(source, indices), valid)
+    return
+
+  # Batched sources get one task per batch (their gather is vectorised); others one per example.
+  batched = hasattr(source, "get_batch")
+  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+    pending = collections.deque()
+
+    def submit_next():
+      step = next(steps, None)
+      if step is not None:
+        indices, valid = indices_for(step)
+        if batched:
+          futures = [pool.submit(source.get_batch, indices)]
+        else:
+          futures = [pool.submit(source.__getitem__, int(i)) for i in indices]
+        pending.append((futures, valid))
+
+    def stacked(futures) -> Batch:
+      if batched:
+        return futures[0].result()
+      return stack_examples([f.result() for f in futures])
+
+    for _ in range(max(prefetch, 1)):
+      submit_next()
+    while pending:
+      futures, valid = pending.popleft()
+      submit_next()
+      yield finish(stacked(futures), valid)
+
+
+def _count(start: int, stop: int | None) -> Iterator[int]:
+  """start, start + 1, ... up to `stop` (exclusive; None = forever)."""
+  step = start
+  while stop is None or step < stop:
+    yield step
+    step += 1
+
+
+def num_steps_per_epoch(num_examples: int, batch_size: int, process_count: int = 1) -> int:
+  """Global steps in one pass over `num_examples` (rounded down)."""
+  return num_examples // (batch_size * process_count)
+
+
+def batches_from_config(data_cfg, split: str, *, batch_size: int, seed: int,
+                        start_step: int = 0, process_index: int = 0, process_count: int = 1,
+                        **kwargs) -> Iterator[dict[str, np.ndarray]]:
+  """`batch_iterator(make_source(data_cfg, split), ...)` with the config's loader settings."""
+  kwargs.setdefault("num_threads", int(data_cfg.get("num_threads", 0)))
+  kwargs.setdefault("prefetch", int(data_cfg.get("prefetch", 2)))
+  return batch_iterator(make_source(data_cfg, split), batch_size=batch_size, seed=seed,
+                        start_step=start_step, process_index=process_index,
+                        process_count=process_count, **kwargs)

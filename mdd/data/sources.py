@@ -1,0 +1,35 @@
+"""The data sources a config can name (`config.data.source`), by name.
+
+A source is a random-access reader (`len`, `source[i] -> dict` with `image` uint8 [H, W, 3] and
+`caption`); each entry names the function `(data_cfg, split) -> source` that builds it and the
+`data` fields it needs. Adding a source is one module plus one entry here; `mdd.validate` reads
+this table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  target: str                     # "module:function(data_cfg, split) -> source"
+  required: tuple[str, ...] = ()  # fields of config.data that must be non-empty
+  hint: str = ""                  # what a required field should hold
+
+  def resolve(self):
+    module, _, name = self.target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+SOURCES: dict[str, Source] = {
+    # Procedural ShapeGen scenes (the embedded default; no files needed).
+    "shapes": Source("mdd.data.loader:shapegen_from_config"),
+    # A user folder of images with a manifest.jsonl of {"image", "caption"} lines.
+    "folder": Source("mdd.data.folder:from_config", required=("folder",),
+                     hint="a directory with manifest.jsonl"),
+    # Any prepared TensorFlow Datasets dataset (needs the `tf` extra).
+    "tfds": Source("mdd.data.loader:tfds_from_config", required=("tfds_name",),
+                   hint="a TFDS name such as shape_gen/res32"),
+}

@@ -1,0 +1,171 @@
+"""`--config.mode=sample`: prompts -> PNGs, `samples/grid.png`, `samples/trajectory.gif`.
+
+Prompts come from `config.sample.prompts` ("|"-separated) or `config.sample.prompts_file` (one
+per line), else a fixed set of ShapeGenEval prompts. Each prompt gets `num_per_prompt` samples
+with seeds `seed_offset + i`; a sample's seed alone decides it (not its batch).
+
+Editing without fine-tuning: with `config.sample.edit_image=PATH` the image is tokenized and a
+region regenerated for the prompt: `edit_box="top,left,bottom,right"` (pixels) or
+`edit_mask=PATH` (white = regenerate) for inpainting, `outpaint="top,bottom,left,right"`
+(pixels, multiples of the tokenizer's factor) to extend the canvas.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from mdd.sampling import editing
+from mdd.utils import fileio
+from mdd import workdir as workdir_lib
+from mdd.inference import generator as generation
+from mdd.sampling import visualize
+
+
+def _prompts(sample_cfg) -> list[str]:
+  if sample_cfg.get("prompts_file"):
+    path = sample_cfg.prompts_file
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"sample.prompts_file {path} not found")
+    with open(path, encoding="utf-8") as f:
+      prompts = [line.strip() for line in f if line.strip()]
+  elif sample_cfg.get("prompts"):
+    prompts = [p.strip() for p in str(sample_cfg.prompts).split("|") if p.strip()]
+  else:
+    from mdd.data import prompts as prompts_lib  # pylint: disable=import-outside-toplevel
+    metadata = prompts_lib.load_prompts("main")
+    # One prompt of each tag, then the next, ...: a varied default sheet.
+    by_tag: dict[str, list[str]] = {}
+    for m in metadata:
+      by_tag.setdefault(m["tag"], []).append(m["prompt"])
+    prompts = [p for group in zip(*by_tag.values()) for p in group][:16]
+  if not prompts:
+    raise ValueError("sample: no prompts given (sample.prompts or sample.prompts_file)")
+  return prompts
+
+
+def _slug(text: str) -> str:
+  return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:60] or "prompt"
+
+
+def _ints(text: str, n: int, what: str) -> list[int]:
+  try:
+    values = [int(v) for v in str(text).split(",")]
+  except ValueError:
+    values = []
+  if len(values) != n:
+    raise ValueError(f"sample.{what}={text!r}: expected {n} comma-separated integers")
+  return values
+
+
+def _load_image(path: str, hw: tuple[int, int]) -> np.ndarray:
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"sample.edit_image {path} not found")
+  try:
+    with Image.open(path) as img:
+      img = img.convert("RGB").resize((hw[1], hw[0]), Image.BICUBIC)
+      return np.asarray(img, np.uint8)
+  except OSError as e:
+    raise ValueError(f"sample.edit_image {path} is not a readable image: {e}") from None
+
+
+def _edit_setup(gen: generation.Generator, sample_cfg, count: int):
+  """An `EditSetup` for the configured edit, repeated `count` times, or None."""
+  if not sample_cfg.get("edit_image"):
+    return None
+  hw = workdir_lib.image_hw(gen.config.data)
+  image = _load_image(sample_cfg.edit_image, hw)
+  images = np.repeat(image[None], count, axis=0)
+  f = int(gen.tokenizer.downsample_factor)
+  if sample_cfg.get("outpaint"):
+    pad = _ints(sample_cfg.outpaint, 4, "outpaint")
+    return editing.prepare_outpainting(images, pad, gen.encode, f, gen.mask_id)
+  if sample_cfg.get("edit_mask"):
+    mask = np.asarray(Image.open(sample_cfg.edit_mask).convert("L").resize(
+        (hw[1], hw[0]), Image.NEAREST)) > 127
+  elif sample_cfg.get("edit_box"):
+    mask = editing.box_to_pixel_mask(_ints(sample_cfg.edit_box, 4, "edit_box"), *hw)
+  else:
+    raise ValueError("sample.edit_image needs sample.edit_box, sample.edit_mask or "
+                     "sample.outpaint")
+  return editing.prepare_inpainting(images, mask, gen.encode, f, gen.mask_id)
+
+
+def run(config, workdir: str):
+  """Writes DIR/samples/: one PNG per sample, grid.png, trajectory.gif, done.json (what they
+  were drawn with; returns None without drawing when it matches)."""
+  sample_cfg = config.sample
+  gen = generation.Generator.from_workdir(workdir, config)
+  prompts = _prompts(sample_cfg)
+  per_prompt = int(sample_cfg.get("num_per_prompt", 1))
+  all_prompts = [p for p in prompts for _ in range(per_prompt)]
+  seeds = [int(sample_cfg.get("seed_offset", 0)) + i for i in range(len(all_prompts))]
+  out_dir = workdir_lib.Workdir(workdir).samples_dir(sample_cfg.get("outdir", "samples"))
+  os.makedirs(out_dir, exist_ok=True)
+  batch_size = int(sample_cfg.get("batch_size", 16))
+  # What the samples depend on (checkpoint step, sampler, this section): a re-run that finds
+  # the same record (the pipeline resuming after a kill) keeps them instead of re-drawing.
+  record = json.loads(json.dumps({**gen.fingerprint(gen.sampler_config()),
+                                  "sample": sample_cfg.to_dict()}, default=str, sort_keys=True))
+  done_path = os.path.join(out_dir, "done.json")
+  if os.path.exists(done_path):
+    with open(done_path, encoding="utf-8") as f:
+      if json.load(f) == record:
+        print(f"sample: {out_dir} already holds these samples (denoiser step {gen.step}); "
+              f"delete {done_path} to draw them again", flush=True)
+        return None
+  setup = _edit_setup(gen, sample_cfg, len(all_prompts))
+
+  images, first = [], None
+  for start in tqdm(range(0, len(all_prompts), batch_size), desc="sampling", unit="batch"):
+    stop = min(start + batch_size, len(all_prompts))
+    kwargs = {}
+    if setup is not None:
+      kwargs = dict(tokens=setup.tokens[start:stop], fixed=setup.fixed[start:stop])
+    # Every batch at batch_size rows: one compiled sampler (the eval stage's too when their
+    # batch sizes agree, as configs/shapes_gpu.py sets them).
+    result = gen.generate(all_prompts[start:stop], seeds[start:stop], pad_to=batch_size,
+                          **kwargs)
+    batch_images = result["images"]
+    if setup is not None:
+      part = jax_tree_slice(setup, start, stop)
+      # Both sides in uint8: the decoded region pasted into the original pixels.
+      batch_images = np.asarray(editing.finish_edit(result["tokens"], gen.decode, part),
+                                np.uint8)
+    images.append(batch_images)
+    if first is None:
+      first = result
+  images = np.concatenate(images)
+  for i, (prompt, image) in enumerate(zip(all_prompts, images)):
+    visualize.save_png(os.path.join(out_dir, f"{i:04d}_{_slug(prompt)}.png"), image)
+  columns = int(np.ceil(np.sqrt(len(images))))
+  visualize.save_image_grid(os.path.join(out_dir, "grid.png"), images, columns=columns)
+  with open(os.path.join(out_dir, "prompts.txt"), "w", encoding="utf-8") as f:
+    f.write("\n".join(f"{i:04d}\t{s}\t{p}" for i, (s, p) in enumerate(zip(seeds, all_prompts))))
+
+  out = first["output"]
+  stats = out.stats
+  gif_n = min(int(sample_cfg.get("gif_samples", 8)), out.tokens.shape[0])
+  if out.trajectory is not None and gif_n:
+    trajectory = type(out.trajectory)(**{
+        k: (None if v is None else v[:, :gif_n]) for k, v in vars(out.trajectory).items()})
+    initial = None if setup is None else setup.tokens[:gif_n]
+    visualize.save_trajectory_gif(os.path.join(out_dir, "trajectory.gif"), trajectory,
+                                  gen.decode, gen.mask_id, initial_tokens=initial,
+                                  scale=int(sample_cfg.get("gif_scale", 4)))
+  edits = np.asarray(stats["num_edited"]).sum(axis=1).tolist()
+  fileio.write_json_atomic(done_path, record)
+  print(f"sample: wrote {len(images)} images to {out_dir} (denoiser step {gen.step}); "
+        f"edits per step {edits}", flush=True)
+  return images
+
+
+def jax_tree_slice(setup: editing.EditSetup, start: int, stop: int) -> editing.EditSetup:
+  """Rows [start, stop) of every field of an EditSetup."""
+  return editing.EditSetup(**{k: jnp.asarray(v)[start:stop] for k, v in vars(setup).items()})

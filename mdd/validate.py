@@ -1,0 +1,201 @@
+"""Config checks that run before anything compiles: one clear line per problem.
+
+Each check reads only the fields it knows and skips sections a config does not have, so the
+same function serves every experiment file. Names are checked against the registries they
+select from (stages, data sources, text encoders, losses, unmask policies, evaluations), so a
+new entry there is valid here at once. Problems are returned, not raised, so a user sees all of
+them at once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from mdd import stages
+from mdd.data import sources
+from mdd.eval import registry as eval_registry
+from mdd.models import text as text_encoders
+from mdd.objectives import losses
+from mdd.sampling import config as sampler_config
+
+MESH_AXES = ("data", "fsdp", "tensor")
+MIN_RESOLUTION, MAX_RESOLUTION = 32, 1024
+
+
+def _valid_side(side) -> bool:
+  return isinstance(side, int) and MIN_RESOLUTION <= side <= MAX_RESOLUTION
+
+
+def _get(config, path: str, default: Any = None):
+  node = config
+  for part in path.split("."):
+    if node is None or not hasattr(node, "get"):
+      return default
+    node = node.get(part, None)
+  return default if node is None else node
+
+
+def _check_mesh(config, problems: list[str]):
+  mesh = _get(config, "mesh")
+  if mesh is None:
+    problems.append("mesh: missing (needs data, fsdp, tensor sizes)")
+    return
+  sizes = {}
+  for axis in MESH_AXES:
+    value = mesh.get(axis, None)
+    if not isinstance(value, int) or (value < 1 and value != -1):
+      problems.append(f"mesh.{axis}={value!r}: must be a positive int or -1")
+    else:
+      sizes[axis] = value
+  if list(sizes.values()).count(-1) > 1:
+    problems.append(f"mesh: at most one axis may be -1, got {sizes}")
+  for axis in MESH_AXES:
+    value = mesh.get(f"dcn_{axis}", 1)
+    if not isinstance(value, int) or value < 1:
+      problems.append(f"mesh.dcn_{axis}={value!r}: must be a positive int")
+
+
+def check_mesh_fits(config, num_devices: int) -> list[str]:
+  """Whether the mesh in `config` can be laid on `num_devices` devices."""
+  mesh = _get(config, "mesh")
+  sizes = [mesh.get(a, 1) for a in MESH_AXES]
+  dcn = math.prod(mesh.get(f"dcn_{a}", 1) for a in MESH_AXES)
+  known = math.prod(s for s in sizes if s != -1) * dcn
+  if -1 in sizes:
+    if num_devices % known:
+      return [f"mesh {dict(zip(MESH_AXES, sizes))} x dcn {dcn} does not divide the "
+              f"{num_devices} available devices"]
+  elif known != num_devices:
+    return [f"mesh {dict(zip(MESH_AXES, sizes))} x dcn {dcn} needs {known} devices, "
+            f"{num_devices} are available"]
+  return []
+
+
+def _check_data(config, problems: list[str]):
+  data = _get(config, "data")
+  if data is None:
+    return
+  source = data.get("source", "shapes")
+  if source not in sources.SOURCES:
+    problems.append(f"data.source={source!r}: must be one of {sorted(sources.SOURCES)}")
+  else:
+    entry = sources.SOURCES[source]
+    for field in entry.required:
+      if not data.get(field):
+        hint = f" ({entry.hint})" if entry.hint else ""
+        problems.append(f"data.{field}: required when data.source={source!r}{hint}")
+  res = data.get("resolution", None)
+  if res is not None:
+    sides = res if isinstance(res, (tuple, list)) else (res,)
+    for side in sides:
+      if not _valid_side(side):
+        problems.append(f"data.resolution={res!r}: sides must be ints in "
+                        f"[{MIN_RESOLUTION}, {MAX_RESOLUTION}]")
+        break
+  if int(data.get("max_text_len", 1)) < 1:
+    problems.append(f"data.max_text_len={data.get('max_text_len')}: must be >= 1")
+
+
+def _check_positive(config, paths: list[str], problems: list[str]):
+  for path in paths:
+    value = _get(config, path)
+    if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+      problems.append(f"{path}={value!r}: must be > 0")
+
+
+def _check_fraction(config, paths: list[str], problems: list[str]):
+  for path in paths:
+    value = _get(config, path)
+    if value is not None and not 0.0 <= float(value) <= 1.0:
+      problems.append(f"{path}={value!r}: must be in [0, 1]")
+
+
+def _check_patch_size(config, problems: list[str]):
+  p = _get(config, "denoiser.patch_size")
+  if p is None:
+    return
+  if not isinstance(p, int) or p < 1:
+    problems.append(f"denoiser.patch_size={p!r}: must be an int >= 1")
+    return
+  res, f = _get(config, "data.resolution"), _get(config, "tokenizer.model.downsample_factor")
+  if res is None or not isinstance(f, int) or f < 1:
+    return
+  for side in (res if isinstance(res, (tuple, list)) else (res,)):
+    # A side out of range has its own problem line (_check_data); judge only valid ones.
+    if _valid_side(side) and (side // f) % p:
+      problems.append(f"denoiser.patch_size={p}: does not divide the {side // f}-token side of "
+                      f"a {side}-px image at downsample factor {f}")
+      return
+
+
+def validate(config) -> list[str]:
+  """All problems found in `config`, one line each (empty if it looks runnable)."""
+  problems: list[str] = []
+  mode = config.get("mode", None)
+  if mode not in stages.MODES:
+    problems.append(f"mode={mode!r}: must be one of {stages.MODES}")
+  else:
+    _check_sections(config, problems)
+  _check_mesh(config, problems)
+  _check_data(config, problems)
+  _check_positive(config, [
+      "tokenizer.num_steps", "tokenizer.batch_size", "tokenizer.optimizer.lr",
+      "denoiser_train.num_steps", "denoiser_train.batch_size", "denoiser_train.optim.lr",
+      "sampler.num_steps",
+  ], problems)
+  _check_fraction(config, [
+      "loss.ce_mix", "masking.edit_fraction", "denoiser_train.cfg_drop_prob",
+      "sampler.edit_threshold",
+  ], problems)
+  for path in ("denoiser.width", "denoiser.depth", "denoiser.num_heads", "denoiser.mlp_dim"):
+    value = _get(config, path)
+    if value is not None and (not isinstance(value, int) or value < 0):
+      problems.append(f"{path}={value!r}: must be an int >= 0 (0 = the variant's)")
+  _check_patch_size(config, problems)
+  _check_choice(config, "loss.mode", losses.MODES, problems)
+  _check_choice(config, "loss.type", tuple(losses.LOSSES), problems)
+  _check_choice(config, "loss.impl", losses.IMPLS, problems)
+  _check_choice(config, "text.kind", tuple(text_encoders.ENCODERS), problems)
+  _check_sampler(config, problems)
+  if _get(config, "eval") is not None and "eval" in _stages_or_none(config):
+    problems.extend(eval_registry.problems(config.eval))
+  return problems
+
+
+def _stages_or_none(config) -> tuple[str, ...]:
+  try:
+    return stages.stages_of(config) if config.get("mode") in stages.MODES else ()
+  except ValueError:
+    return ()
+
+
+def _check_sections(config, problems: list[str]):
+  """Every section the run's stages read is present."""
+  try:
+    run_stages = stages.stages_of(config)
+  except ValueError as e:
+    problems.append(str(e))
+    return
+  for stage in run_stages:
+    missing = [s for s in stages.SECTIONS[stage] if _get(config, s) is None]
+    if missing:
+      problems.append(f"the {stage} stage reads config sections {missing}, which this config "
+                      "lacks (start the config from mdd.defaults.base_config())")
+
+
+def _check_choice(config, path: str, choices, problems: list[str]):
+  value = _get(config, path)
+  if value is not None and value not in choices:
+    problems.append(f"{path}={value!r}: must be one of {', '.join(sorted(choices))}")
+
+
+def _check_sampler(config, problems: list[str]):
+  """The sampler section builds a `SamplerConfig` (whose checks name the bad field)."""
+  section = _get(config, "sampler")
+  if section is None:
+    return
+  try:
+    sampler_config.SamplerConfig.from_config(section, mask_id=0)
+  except (ValueError, TypeError) as e:
+    problems.append(str(e).replace("sampler config: ", "sampler: ", 1))

@@ -1,0 +1,212 @@
+"""The run folder (`--workdir`): the one module that knows its layout and loads its trained parts.
+
+  DIR/config.json                     the run's config (written by the launcher)
+  DIR/tokenizer/checkpoints/          orbax checkpoints of the tokenizer's train state
+  DIR/tokenizer/tokenizer_config.json the config the tokenizer was trained with
+  DIR/tokenizer/neighbours.npz        the GCE neighbour table [V, K] + weights
+  DIR/tokenizer/eval.json             its final evaluation (PSNR, SSIM, codebook usage)
+  DIR/tokens/<split>/                 token shards (pretokenize)
+  DIR/denoiser/checkpoints/           orbax checkpoints of the denoiser's train state
+  DIR/denoiser/eval.json              its final evaluation (loss, masked accuracy, ...)
+  DIR/<stage>/metrics.jsonl           training metrics (and TensorBoard event files)
+  DIR/samples/                        grid.png, trajectory.gif, per-prompt PNGs
+  DIR/eval/                           shapes_geneval.json, fid.json, layouts
+
+Trained parts load from the model's abstract shapes (`jax.eval_shape` of its init) and read only
+the parameters (EMA when the run kept one) out of a checkpoint, never an optimizer or train state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mdd.data import loader
+from mdd.models import system as system_lib
+from mdd.models import tokenizer as tokenizer_lib
+from mdd.objectives import neighbours as neighbours_lib
+from mdd.utils import checkpoints
+from mdd.utils import fileio
+
+TOKENIZER = "tokenizer"
+DENOISER = "denoiser"
+RUN_CONFIG = "config.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+NEIGHBOURS = "neighbours.npz"
+CHECKPOINTS = "checkpoints"
+
+
+class Workdir:
+  """Paths of a run folder and loaders of what its stages trained."""
+
+  def __init__(self, root: str):
+    self.root = os.path.abspath(os.path.expanduser(root))
+
+  def __repr__(self) -> str:
+    return f"Workdir({self.root!r})"
+
+  # Paths.
+  def stage_dir(self, stage: str) -> str:
+    """DIR/<stage>: checkpoints, metrics and final eval of a training stage."""
+    return os.path.join(self.root, stage)
+
+  def checkpoints_dir(self, stage: str) -> str:
+    return os.path.join(self.stage_dir(stage), CHECKPOINTS)
+
+  @property
+  def run_config_file(self) -> str:
+    return os.path.join(self.root, RUN_CONFIG)
+
+  @property
+  def tokenizer_dir(self) -> str:
+    return self.stage_dir(TOKENIZER)
+
+  @property
+  def tokenizer_config_file(self) -> str:
+    return os.path.join(self.tokenizer_dir, TOKENIZER_CONFIG)
+
+  @property
+  def neighbours_file(self) -> str:
+    return os.path.join(self.tokenizer_dir, NEIGHBOURS)
+
+  @property
+  def denoiser_dir(self) -> str:
+    return self.stage_dir(DENOISER)
+
+  def tokens_dir(self, split: str | None = None) -> str:
+    tokens = os.path.join(self.root, "tokens")
+    return os.path.join(tokens, split) if split else tokens
+
+  def samples_dir(self, name: str = "samples") -> str:
+    return os.path.join(self.root, name)
+
+  @property
+  def eval_dir(self) -> str:
+    return os.path.join(self.root, "eval")
+
+  def eval_file(self, name: str) -> str:
+    return os.path.join(self.eval_dir, name)
+
+  # The run's config.
+  def save_run_config(self, config):
+    """DIR/config.json, so CLIs given only the workdir rebuild the same model (process 0)."""
+    if jax.process_index() == 0:
+      fileio.write_json_atomic(self.run_config_file, json.loads(config.to_json_best_effort()))
+
+  def load_run_config(self) -> ml_collections.ConfigDict:
+    return _read_config(self.run_config_file, "not an mdd workdir (run mdd.main on it first)")
+
+  # Trained parts.
+  def load_tokenizer_config(self) -> ml_collections.ConfigDict:
+    """The full experiment config the tokenizer was trained with."""
+    return _read_config(self.tokenizer_config_file,
+                        "no trained tokenizer here (run --config.mode=train_tokenizer first)")
+
+  def load_tokenizer(self) -> "TrainedTokenizer":
+    """The trained tokenizer (EMA parameters when the run kept them), on one device."""
+    config = self.load_tokenizer_config()
+    model = tokenizer_lib.tokenizer_from_config(config.tokenizer)
+    height, width = image_hw(config.data)
+    abstract = jax.eval_shape(
+        lambda rng: model.init(rng, jnp.zeros((1, height, width, 3), jnp.uint8))["params"],
+        jax.random.key(0))
+    key = "ema_params" if float(config.tokenizer.get("ema_decay", 0.0)) > 0 else "params"
+    try:
+      restored, step = checkpoints.restore_subtrees(
+          self.checkpoints_dir(TOKENIZER), {key: checkpoints.on_device(abstract)},
+          name=TOKENIZER, path=("generator",))
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f"no tokenizer checkpoint: {e}") from None
+    return TrainedTokenizer(model=model, params=nn.unbox(restored[key]), step=step)
+
+  def load_neighbours(self) -> neighbours_lib.NeighbourTable:
+    if not os.path.exists(self.neighbours_file):
+      raise FileNotFoundError(f"{self.neighbours_file} not found (the tokenizer stage writes it: "
+                              "run --config.mode=train_tokenizer)")
+    return neighbours_lib.load_table(self.neighbours_file)
+
+  def denoiser_system(self, config, table=None) -> system_lib.DenoiserSystem:
+    """The denoiser system of `config`, with this run's vocabulary and neighbour table."""
+    table = table or self.load_neighbours()
+    return system_lib.system_from_config(config, vocab_size=table.vocab_size,
+                                         neighbours=table.neighbours,
+                                         neighbour_weights=table.weights)
+
+  def load_denoiser_params(self, system: system_lib.DenoiserSystem, config,
+                           sharding=None) -> tuple[Any, int]:
+    """(unboxed parameters, step) of the latest denoiser checkpoint: only the EMA copy when the
+    run kept one, else the raw parameters; placed by `sharding` (default: one device)."""
+    abstract = jax.eval_shape(system.init_params, jax.random.key(0))
+    key = ("ema_params" if float(config.denoiser_train.get("ema_decay", 0.0)) > 0
+           else "params")
+    try:
+      restored, step = checkpoints.restore_subtrees(
+          self.checkpoints_dir(DENOISER), {key: checkpoints.on_device(abstract, sharding)},
+          name=DENOISER)
+    except FileNotFoundError:
+      raise FileNotFoundError(f"no denoiser checkpoint under {self.checkpoints_dir(DENOISER)} "
+                              "(run --config.mode=train first)") from None
+    return nn.unbox(restored[key]), step
+
+
+def _read_config(path: str, hint: str) -> ml_collections.ConfigDict:
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: {hint}")
+  with open(path, encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def image_hw(data_cfg) -> tuple[int, int]:
+  """(height, width) of the run's images from its `data` section."""
+  res = loader.image_resolution(data_cfg)
+  return (res, res) if isinstance(res, int) else (int(res[0]), int(res[1]))
+
+
+def to_uint8(images) -> np.ndarray:
+  """float images in [-1, 1] -> uint8 [0, 255]."""
+  images = np.asarray(jax.device_get(images), np.float32)
+  return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+@dataclasses.dataclass(eq=False)
+class TrainedTokenizer:
+  """A tokenizer module with its parameters, as jitted host-facing functions.
+
+  encode(uint8 images [B, H, W, 3]) -> int32 ids [B, h, w] (numpy)
+  decode(ids) -> uint8 images; decode_float(ids) -> float images in [-1, 1] (device)
+  """
+  model: tokenizer_lib.Tokenizer
+  params: Any
+  step: int = 0
+  _jitted: dict = dataclasses.field(default_factory=dict, repr=False)
+
+  @property
+  def num_codes(self) -> int:
+    return int(self.model.num_codes)
+
+  @property
+  def downsample_factor(self) -> int:
+    return int(self.model.downsample_factor)
+
+  def _method(self, name: str):
+    if name not in self._jitted:
+      model = self.model
+      self._jitted[name] = jax.jit(lambda p, x: model.apply({"params": p}, x, method=name))
+    return self._jitted[name]
+
+  def encode(self, images) -> np.ndarray:
+    return np.asarray(self._method("encode")(self.params, jnp.asarray(images)))
+
+  def decode_float(self, tokens) -> jax.Array:
+    return self._method("decode")(self.params, jnp.asarray(tokens))
+
+  def decode(self, tokens) -> np.ndarray:
+    return to_uint8(self.decode_float(tokens))

@@ -93,6 +93,7 @@ def get_config(arg=None):
     c.mesh.data, c.mesh.fsdp = -1, 1
     c.data.source = "shapes"  # Runs anywhere: procedural data instead of the user's folder.
     c.data.resolution = 64
+    c.data.train_size, c.data.validation_size, c.data.heldout_size = 512, 128, 128
     c.data.num_threads = 0
     c.tokenizer = defaults.tokenizer_config("tiny")
     c.tokenizer.num_steps = 5
@@ -106,6 +107,8 @@ def get_config(arg=None):
     t.optim.warmup_steps = 1
     t.log_every, t.ckpt_every, t.eval_every = 1, 5, 0
     c.sampler.num_steps = 4
+    c.tokenizer.eval.num_examples = 64
     c.eval.evals = ("shapes_geneval",)
+    c.eval.shapes_geneval.images_per_prompt = 1
   return c
 

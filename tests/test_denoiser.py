@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
-from mdd.utils import sharding
 from mdd.models import denoiser as denoiser_lib
+from mdd.utils import sharding
 
 V = 50
 
@@ -160,6 +160,7 @@ def test_b_variant_partition_specs_on_2x2x2_mesh(scan_layers):
   assert seen == 10 + (1 if scan_layers else 12) * 18  # 10 top-level weights, 18 per block.
 
 
+@pytest.mark.integration
 def test_remat_gives_the_same_gradients():
   tokens, text, mask, ratio = _inputs()
   plain = _model()
@@ -183,6 +184,7 @@ def _stack_blocks(params, depth):
   return params
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("remat", [False, True])
 def test_scan_layers_is_the_same_function(remat):
   """Scanned blocks compute what the unrolled loop computes, forward and gradient, from the
@@ -211,6 +213,7 @@ def test_scan_layers_is_the_same_function(remat):
   assert float(jnp.abs(g_scanned["blocks"]["mlp"]["wo"]["kernel"][0]).max()) > 0
 
 
+@pytest.mark.integration
 def test_unrolled_init_through_the_scan_matches_a_direct_init():
   """`init_params` draws an unrolled model's blocks through the scanned layout: the same tree,
   shapes and logical names as `model.init`, the same distributions, independent blocks."""
@@ -263,6 +266,7 @@ def test_patchify_groups_squares_and_unpatchify_inverts_it():
   np.testing.assert_array_equal(denoiser_lib._unpatchify(patches, h, w, p), x)
 
 
+@pytest.mark.integration
 def test_patch_size_keeps_the_per_token_contract_and_trains():
   model = _model(patch_size=2)
   params = _perturb_head(denoiser_lib.init_params(model, jax.random.key(3), text_dim=8))

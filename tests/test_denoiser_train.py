@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from mdd.utils import sharding
 from mdd import defaults
 from mdd.data import shapes
 from mdd.data import text as text_lib
@@ -25,6 +24,7 @@ from mdd.models import denoiser as denoiser_lib
 from mdd.models import system as system_lib
 from mdd.train import denoiser as denoiser_task
 from mdd.train import metrics as metrics_lib
+from mdd.utils import sharding
 
 VOCAB, PATCH, RES, TEXT_LEN = 128, 4, 32, 48
 
@@ -110,6 +110,7 @@ def _mesh(devices, shape):
   return Mesh(np.array(devices).reshape(shape), ("data", "fsdp", "tensor"))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_train_step_on_8_devices_equals_1_device(scan_layers):
   # The model's own one-step draft as edit source: its Gumbel draws must not depend on the mesh.
@@ -161,6 +162,7 @@ def _train_losses(system, config, num_steps, batch_size):
   return np.asarray(losses)
 
 
+@pytest.mark.integration
 def test_tiny_denoiser_lowers_loss_on_shapegen_tokens():
   config = make_config(num_steps=40, batch_size=16)
   system, _ = make_system(config)
@@ -184,6 +186,7 @@ def test_mu_lowers_loss_steadily_on_shapegen_tokens():
   assert np.all(blocks[1:] <= np.minimum.accumulate(blocks)[:-1] + 0.05), blocks
 
 
+@pytest.mark.integration
 def test_resume_continues_the_same_loss_curve(tmp_path):
   from mdd.train import loop
   # The three runs compile the same programs: share them through the persistent cache.

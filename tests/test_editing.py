@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdd.sampling import editing
 from mdd import sampling as sampler
+from mdd.sampling import editing
 
 FACTOR = 4
 VOCAB = 8

@@ -7,8 +7,8 @@ import sys
 import ml_collections
 import pytest
 
-from mdd import validate as config_validation
 from mdd import stages as modes
+from mdd import validate as config_validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

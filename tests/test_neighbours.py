@@ -8,8 +8,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from mdd.objectives import neighbours as nb
 from mdd.models import quantizers
+from mdd.objectives import neighbours as nb
 
 
 def test_knn_matches_brute_force_with_ragged_blocks():

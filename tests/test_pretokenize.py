@@ -9,8 +9,8 @@ import pytest
 
 from mdd import workdir as workdir_lib
 from mdd.data import loader
-from mdd.data import token_shards
 from mdd.data import text as text_lib
+from mdd.data import token_shards
 from mdd.models import tokenizer as tokenizer_lib
 from mdd.train import pretokenize
 

@@ -58,7 +58,7 @@ def test_bad_config_and_from_config():
     text.ByteTokenizer(max_len=1)
   cfg = defaults.data_config()
   cfg.max_text_len = 16
-  tokenizer = text.tokenizer_from_config(cfg)
+  tokenizer = text.byte_tokenizer_from_config(cfg)
   assert tokenizer.max_len == 16 and tokenizer.append_eos
   cfg = ml_collections.ConfigDict({"max_text_len": 5})
-  assert text.tokenizer_from_config(cfg).max_len == 5
+  assert text.byte_tokenizer_from_config(cfg).max_len == 5

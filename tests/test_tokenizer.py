@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from mdd import defaults
-from mdd.models import discriminator as disc_lib
 from mdd import workdir as workdir_lib
+from mdd.models import discriminator as disc_lib
 from mdd.models import tokenizer as tokenizer_lib
 from mdd.objectives import tokenizer_losses
 

@@ -94,6 +94,7 @@ def test_train_step_has_no_scatter():
   assert "stablehlo.gather" in hlo and "stablehlo.scatter" not in hlo
 
 
+@pytest.mark.integration
 def test_loop_run_export_load_and_pretokenize(tmp_path):
   """mode=train_tokenizer on 8 fake devices with EMA: eval.json, neighbours, then
   load_tokenizer returns the same model/params (checkpoint round trip), and pretokenize."""

@@ -10,9 +10,9 @@ import ml_collections
 import numpy as np
 import pytest
 
+from mdd.train import loop, metrics, state as state_lib
 from mdd.utils import checkpoints
 from mdd.utils import sharding
-from mdd.train import loop, metrics, state as state_lib
 
 
 class _Regressor(nn.Module):

@@ -19,9 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mdd import defaults
+from mdd.models import system as system_lib
+from mdd.train import denoiser as denoiser_task
+from mdd.train import state as state_lib
+
 
 def _config(variant: str, impl: str, steps: int):
-  from mdd import defaults  # pylint: disable=import-outside-toplevel
   c = defaults.base_config()
   c.denoiser.variant = variant
   c.loss.impl = impl
@@ -40,9 +44,6 @@ def _table(vocab: int, k: int, seed: int = 0):
 
 
 def run_one(impl: str, args) -> dict:
-  from mdd.models import system as system_lib  # pylint: disable=import-outside-toplevel
-  from mdd.train import state as state_lib  # pylint: disable=import-outside-toplevel
-  from mdd.train import denoiser as denoiser_task  # pylint: disable=import-outside-toplevel
   config = _config(args.variant, impl, args.steps)
   nbr, nbr_w = _table(args.vocab, args.k)
   system = system_lib.system_from_config(config, vocab_size=args.vocab, neighbours=nbr,

@@ -21,7 +21,7 @@ _EXPORTS = {
     "sample_scene": "shapes",
     "scene_from_metadata": "shapes",
     "ByteTokenizer": "text",
-    "tokenizer_from_config": "text",
+    "byte_tokenizer_from_config": "text",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from mdd.data import palette
 from mdd.data import shapes
+from mdd.data import sources
 from mdd.data import text as text_lib
 
 
@@ -261,12 +262,11 @@ def tfds_from_config(data_cfg, split: str) -> TfdsSource:
 def make_source(data_cfg, split: str) -> RandomAccessSource:
   """The configured source for `split` (by name, `mdd.data.sources.SOURCES`) with tokenized
   captions."""
-  from mdd.data import sources  # pylint: disable=g-import-not-at-top
   kind = data_cfg.source
   if kind not in sources.SOURCES:
     raise ValueError(f"data.source must be one of {sorted(sources.SOURCES)}; got {kind!r}")
   source = sources.SOURCES[kind].resolve()(data_cfg, split)
-  return TokenizedSource(source, text_lib.tokenizer_from_config(data_cfg))
+  return TokenizedSource(source, text_lib.byte_tokenizer_from_config(data_cfg))
 
 
 # ----------------------------------------------------------------------------------------------

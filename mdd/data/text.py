@@ -89,7 +89,7 @@ class ByteTokenizer:
               "truncated_fraction": self.num_truncated / max(self.num_encoded, 1)}
 
 
-def tokenizer_from_config(data_cfg) -> ByteTokenizer:
+def byte_tokenizer_from_config(data_cfg) -> ByteTokenizer:
   """The one place a data config section builds the text tokenizer."""
   return ByteTokenizer(max_len=int(data_cfg.max_text_len),
                        append_eos=bool(data_cfg.get("append_eos", True)))

@@ -25,6 +25,9 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from mdd.data import prompts as prompts_lib
+from mdd.utils import fileio
+
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -221,8 +224,6 @@ if __name__ == "__main__":
 def evaluate(generator, section, workdir: str) -> dict:
   """The `fid` entry of `mdd.eval.registry`: FID of the trained model's samples of ShapeGen's
   prompts against `section.ref_stats`, written to DIR/eval/fid.json."""
-  from mdd.data import prompts as prompts_lib  # pylint: disable=g-import-not-at-top
-  from mdd.utils import fileio  # pylint: disable=g-import-not-at-top
   batch_size = int(section.batch_size)
   prompts = [m["prompt"] for m in prompts_lib.load_prompts("main")]
   n = int(section.num_samples)

@@ -16,8 +16,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from mdd.eval import geneval_layout
 from mdd.data import prompts as prompts_lib
+from mdd.eval import geneval_layout
 from mdd.eval import shapes_geneval
 
 

@@ -26,8 +26,8 @@ from scipy import ndimage
 
 from mdd import workdir as workdir_lib
 from mdd.data import loader
-from mdd.utils import fileio
 from mdd.models import quantizers
+from mdd.utils import fileio
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 

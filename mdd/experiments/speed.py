@@ -32,8 +32,17 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from mdd.utils import fileio
+from mdd import sampling as sampler_lib
+from mdd import workdir as workdir_lib
+from mdd.data import prompts as prompts_lib
 from mdd.experiments import ablate
+from mdd.models import system as system_lib
+from mdd.train import denoiser as denoiser_task
+from mdd.train import loop
+from mdd.train import tokenizer as tokenizer_task
+from mdd.utils import fileio
+from mdd.utils import profiling
+from mdd.utils import sharding as sharding_lib
 
 
 def _timed(fn: Callable[[], Any], repeats: int) -> float:
@@ -48,7 +57,6 @@ def _timed(fn: Callable[[], Any], repeats: int) -> float:
 def _profile(step: Callable[[int], Any], steps: int) -> dict:
   """Device ms per step and the top kernels, from a profiler trace of `steps` steps."""
   import jax  # pylint: disable=import-outside-toplevel
-  from mdd.utils import profiling  # pylint: disable=import-outside-toplevel
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
       for k in range(steps):
@@ -74,8 +82,6 @@ def _measure_task(task, mesh, rules, host_batches: Iterator[dict], steps: int,
   """host/step/loop milliseconds and compile seconds of one loop Task."""
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
-  from mdd.utils import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
-  from mdd.train import loop  # pylint: disable=import-outside-toplevel
 
   out = {"host_ms": 1e3 * _timed(lambda: next(host_batches), max(steps // 2, 3))}
   _, shardings = loop.abstract_state(task, mesh, rules)
@@ -115,7 +121,6 @@ def _measure_task(task, mesh, rules, host_batches: Iterator[dict], steps: int,
 
 
 def measure_tokenizer(config, mesh, rules, steps: int, profile: bool = False) -> dict:
-  from mdd.train import tokenizer as tokenizer_task  # pylint: disable=import-outside-toplevel
   task = tokenizer_task.make_task(config)
   return _measure_task(task, mesh, rules, task.make_batches(0), steps, profile)
 
@@ -128,7 +133,6 @@ def _random_table(vocab: int, k: int, rng: np.random.Generator):
 
 
 def _denoiser_system(config):
-  from mdd.models import system as system_lib  # pylint: disable=import-outside-toplevel
   vocab = int(config.tokenizer.model.vocab_size)
   neighbours, weights = _random_table(vocab, int(config.tokenizer.neighbours.k),
                                       np.random.default_rng(0))
@@ -137,7 +141,6 @@ def _denoiser_system(config):
 
 
 def _token_grid(config) -> tuple[int, int]:
-  from mdd import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   height, width = workdir_lib.image_hw(config.data)
   f = int(config.tokenizer.model.downsample_factor)
   return height // f, width // f
@@ -157,7 +160,6 @@ def _token_batches(config, batch_size: int) -> Iterator[dict]:
 
 
 def measure_denoiser(config, mesh, rules, steps: int, profile: bool = False) -> dict:
-  from mdd.train import denoiser as denoiser_task  # pylint: disable=import-outside-toplevel
   system = _denoiser_system(config)
   batch_size = int(config.denoiser_train.batch_size)
   task = denoiser_task.make_task(config, system, lambda _: _token_batches(config, batch_size))
@@ -167,8 +169,6 @@ def measure_denoiser(config, mesh, rules, steps: int, profile: bool = False) -> 
 def measure_sampler(config, repeats: int) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from mdd import sampling as sampler_lib  # pylint: disable=import-outside-toplevel
-  from mdd.data import prompts as prompts_lib  # pylint: disable=import-outside-toplevel
   system = _denoiser_system(config)
   params = jax.jit(system.init_params)(jax.random.key(0))
   batch = int(config.eval.shapes_geneval.batch_size)
@@ -240,9 +240,8 @@ def main(argv: Sequence[str] | None = None):
     raise SystemExit(f"speed: unknown stages {sorted(unknown)}")
 
   import jax  # pylint: disable=import-outside-toplevel
-  from mdd.utils import sharding  # pylint: disable=import-outside-toplevel
-  mesh = sharding.make_mesh(config.mesh)
-  rules = sharding.rules_from_config(config)
+  mesh = sharding_lib.make_mesh(config.mesh)
+  rules = sharding_lib.rules_from_config(config)
   devices = jax.devices()
   results: dict[str, Any] = {
       "config": args.config, "overrides": args.set, "steps": args.steps,

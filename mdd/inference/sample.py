@@ -21,11 +21,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from mdd.sampling import editing
-from mdd.utils import fileio
 from mdd import workdir as workdir_lib
+from mdd.data import prompts as prompts_lib
 from mdd.inference import generator as generation
+from mdd.sampling import editing
 from mdd.sampling import visualize
+from mdd.utils import fileio
 
 
 def _prompts(sample_cfg) -> list[str]:
@@ -38,7 +39,6 @@ def _prompts(sample_cfg) -> list[str]:
   elif sample_cfg.get("prompts"):
     prompts = [p.strip() for p in str(sample_cfg.prompts).split("|") if p.strip()]
   else:
-    from mdd.data import prompts as prompts_lib  # pylint: disable=import-outside-toplevel
     metadata = prompts_lib.load_prompts("main")
     # One prompt of each tag, then the next, ...: a varied default sheet.
     by_tag: dict[str, list[str]] = {}

@@ -24,10 +24,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
+from mdd.train import metrics as metrics_lib
 from mdd.utils import checkpoints
 from mdd.utils import sharding as sharding_lib
 from mdd.utils.fileio import write_json_atomic
-from mdd.train import metrics as metrics_lib
 
 
 @dataclasses.dataclass

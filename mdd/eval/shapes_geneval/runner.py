@@ -19,12 +19,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mdd.utils import fileio
 from mdd.data import palette
 from mdd.data import shapes
 from mdd.data.prompts import load_prompts
 from mdd.eval.shapes_geneval.detector import ScorerSettings
 from mdd.eval.shapes_geneval.rules import score_image
+from mdd.utils import fileio
 
 GenerateFn = Callable[[Sequence[str], Sequence[int]], np.ndarray]
 

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mdd.utils import hashing
 from mdd.data import text as text_lib
 from mdd.models import layers
+from mdd.utils import hashing
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ about 15 minutes on 2 CPU cores:
 Override any field, e.g. `--config.denoiser_train.num_steps=200 --config.mode=train`.
 Args (comma list after the colon):
   runlocal   shrink every stage for a smoke run of a minute or two;
-  long       train the denoiser 3x longer and sample with 24 steps (about 30 minutes);
+  long       train the denoiser 3x longer and sample with 24 steps (30-40 minutes);
   vocab=N    a 2^N-code tokenizer, e.g. vocab=14 (the CPU large-vocabulary ablation setting).
 """
 

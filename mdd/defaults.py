@@ -137,7 +137,7 @@ def tokenizer_config(size: str | None = None) -> ml_collections.ConfigDict:
 
   # Evaluation (final, written to DIR/tokenizer/eval.json).
   c.eval = ml_collections.ConfigDict()
-  c.eval.split = "heldout"
+  c.eval.split = ""                 # "" = the data source's held-out split (SOURCES)
   c.eval.num_examples = 1000        # held-out images (at most the split's size)
   c.eval.batch_size = 64
   c.eval.photos = False             # also scikit-image photos at 256 and 512 px (slow on CPU)
@@ -155,6 +155,7 @@ def tokenizer_config(size: str | None = None) -> ml_collections.ConfigDict:
   c.loop.summary_every = 0
   c.loop.eval_every = 0
   c.loop.keep_checkpoints = 2
+  c.loop.nonfinite = "stop"         # a NaN/Inf step: stop (no save) | skip the update
   if size is not None:
     _apply_overrides(c, size)
   return c
@@ -269,6 +270,7 @@ def denoiser_train_config() -> ml_collections.ConfigDict:
   c.eval_every = 0
   c.summary_every = 0        # sample fixed prompts every N steps (0 = never)
   c.keep_checkpoints = 2
+  c.nonfinite = "stop"       # a NaN/Inf step: stop (no save) | skip the update
   c.tensorboard = True
   c.eval_batches = 4         # held-out batches in the final evaluation
   return c

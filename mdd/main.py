@@ -6,6 +6,7 @@ multi-process job, then dispatches on `config.mode`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -85,6 +86,39 @@ def enable_compilation_cache(config, workdir: str) -> str:
   return path
 
 
+def _config_or_error(config):
+  """The loaded config; a file that failed to load (missing, a syntax error, a `get_config`
+  that raised) becomes one line."""
+  if type(config).__name__ != "_ErrorConfig":
+    return config
+  error = object.__getattribute__(config, "_error")
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  reason = lines[-1] if lines else type(error).__name__
+  raise ValueError(f"--config={_config_arg()} could not be loaded: {reason}")
+
+
+def _config_arg(argv=None) -> str:
+  for arg in (argv or sys.argv)[1:]:
+    if arg.startswith("--config="):
+      return arg[len("--config="):]
+  return "?"
+
+
+def _usable_workdir(path: str) -> str:
+  """The absolute workdir, created if needed; a file or a folder this process cannot write is
+  one line."""
+  workdir = os.path.abspath(os.path.expanduser(path))
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir={path} is a file, not a folder")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"--workdir={path} cannot be created: {e.strerror}") from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise ValueError(f"--workdir={path} is not writable by this user")
+  return workdir
+
+
 def main(argv):
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
   absl_logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -93,6 +127,7 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/shapes_tiny.py")
+  config = _config_or_error(config)
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
   problems = config_validation.validate(config)
@@ -105,36 +140,84 @@ def main(argv):
   if config.get("data", {}).get("source") == "tfds":
     _hide_accelerators_from_tensorflow()
   import jax  # pylint: disable=import-outside-toplevel
+  from mdd import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   problems = config_validation.check_mesh_fits(config, jax.device_count())
   if problems:
     raise ValueError(problems[0])
-  workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
-  os.makedirs(workdir, exist_ok=True)
-  enable_compilation_cache(config, workdir)
-  data = config.get("data")
-  if data is not None and data.get("cache_dir"):  # A relative cache lives in the workdir.
-    data.cache_dir = os.path.join(workdir, os.path.expanduser(data.cache_dir))
-  if config.mode in ("pipeline", "train_tokenizer", "pretokenize", "train"):
+  workdir = _usable_workdir(_WORKDIR.value)
+  run_dir = workdir_lib.Workdir(workdir)
+  lock = run_dir.lock() if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
+    enable_compilation_cache(config, workdir)
+    data = config.get("data")
+    if data is not None and data.get("cache_dir"):  # A relative cache lives in the workdir.
+      data.cache_dir = os.path.join(workdir, os.path.expanduser(data.cache_dir))
     # The modes that define the model record its config, so sample/eval CLIs given only the
-    # workdir rebuild the same model.
-    from mdd import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
-    workdir_lib.Workdir(workdir).save_run_config(config)
-  run_fn(config, workdir)
+    # workdir rebuild the same model. A fresh workdir records it at once; an existing one only
+    # once the run is accepted (a config whose checkpoints do not fit fails first).
+    records_config = config.mode in ("pipeline", "train_tokenizer", "pretokenize", "train")
+    if records_config and not os.path.exists(run_dir.run_config_file):
+      run_dir.save_run_config(config)
+    try:
+      run_fn(config, workdir)
+    finally:
+      if records_config and sys.exc_info()[0] in (None, loop_preempted()):
+        run_dir.save_run_config(config)
+
+
+def loop_preempted():
+  """The train loop's SIGTERM exit (a run that was accepted and stopped cleanly)."""
+  from mdd.train import loop  # pylint: disable=import-outside-toplevel
+  return loop.Preempted
+
+
+def _parse_flags(argv):
+  """absl flag parsing; a bad flag, a `--config.x` override of a field the config lacks, or a
+  config file that fails to load (missing, a syntax error, a `get_config` that raises) is one
+  line."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except  (whatever the config file raised)
+    inner = e
+    while inner.__cause__ is not None or inner.__context__ is not None:
+      inner = inner.__cause__ or inner.__context__
+    lines = [line.strip() for line in str(inner).strip().splitlines() if line.strip()]
+    reason = f"{type(inner).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
+    unknown = "Unknown command line flag 'config."
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    missing = str(inner).strip("'\" ")
+    if str(e).startswith(unknown):
+      field = str(e)[len(unknown):].split("'")[0]
+      message = f"the config has no field {field!r} (--config.{field})"
+    elif isinstance(inner, (AttributeError, KeyError)) and overrides:
+      named = [a for a in overrides if missing in a[len("--config."):].split(".")]
+      message = f"the config has no field {missing!r} ({named[0] if named else 'an override'})"
+    elif isinstance(e, flags.Error) and inner is e:
+      message = " ".join(str(e).split())
+    else:
+      message = f"--config={_config_arg(argv)} could not be loaded: {reason}"
+    print(f"mdd: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def run():
-  """Console entry: user errors (bad config, missing files, shapes) print one line, exit 2.
+  """Console entry: user errors (bad config or flag, missing or corrupt files, permissions,
+  shapes, a non-finite stop) print one line and exit 2.
 
   Set MDD_TRACEBACK=1 to see the full traceback instead.
   """
   if os.environ.get("MDD_TRACEBACK") == "1":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
     return
   try:
-    app.run(main)
-  except (ValueError, FileNotFoundError, NotADirectoryError) as e:
-    print(f"mdd: error: {type(e).__name__}: {e}", file=sys.stderr)
+    app.run(main, flags_parser=_parse_flags)
+  except (ValueError, OSError, FloatingPointError) as e:
+    print(f"mdd: error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
     sys.exit(2)
+
+
+def _one_line(error: BaseException) -> str:
+  return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from mdd import stages
 from mdd.data import sources
 from mdd.eval import registry as eval_registry
 from mdd.models import text as text_encoders
+from mdd.models import tokenizer as tokenizer_lib
 from mdd.objectives import losses
 from mdd.sampling import config as sampler_config
 
@@ -81,6 +82,18 @@ def _check_data(config, problems: list[str]):
     problems.append(f"data.source={source!r}: must be one of {sorted(sources.SOURCES)}")
   else:
     entry = sources.SOURCES[source]
+    if source == "folder" and not float(data.get("validation_fraction", 0.0)) > 0:
+      problems.append("data.validation_fraction: must be > 0 for data.source='folder' (the "
+                      "tokenizer's eval and the denoiser's held-out batches read the validation "
+                      "split), e.g. 0.01")
+    if entry.splits:
+      for path in ("tokenizer.eval.split", "tokenizer.pretokenize.splits"):
+        value = _get(config, path)
+        names = [value] if isinstance(value, str) else list(value or ())
+        bad = [n for n in names if n and n not in entry.splits]
+        if bad:
+          problems.append(f"{path}={value!r}: data.source={source!r} has splits "
+                          f"{list(entry.splits)}")
     for field in entry.required:
       if not data.get(field):
         hint = f" ({entry.hint})" if entry.hint else ""
@@ -97,11 +110,43 @@ def _check_data(config, problems: list[str]):
     problems.append(f"data.max_text_len={data.get('max_text_len')}: must be >= 1")
 
 
+def _is_number(value) -> bool:
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
 def _check_positive(config, paths: list[str], problems: list[str]):
   for path in paths:
     value = _get(config, path)
-    if value is not None and (not isinstance(value, (int, float)) or value <= 0):
-      problems.append(f"{path}={value!r}: must be > 0")
+    if value is not None and (not _is_number(value) or value <= 0):
+      problems.append(f"{path}={value!r}: must be a finite number > 0")
+
+
+def _check_positive_int(config, paths: list[str], problems: list[str], minimum: int = 1):
+  for path in paths:
+    value = _get(config, path)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                              or value < minimum):
+      problems.append(f"{path}={value!r}: must be an int >= {minimum}")
+
+
+def _check_tokenizer_model(config, problems: list[str]):
+  model = _get(config, "tokenizer.model")
+  if model is None:
+    return
+  if model.get("variant") not in tokenizer_lib.VARIANTS:
+    problems.append(f"tokenizer.model.variant={model.get('variant')!r}: must be one of "
+                    f"{sorted(tokenizer_lib.VARIANTS)}")
+  if model.get("downsample_factor") not in (2, 4, 8, 16):
+    problems.append(f"tokenizer.model.downsample_factor={model.get('downsample_factor')!r}: "
+                    "must be 2, 4, 8 or 16")
+  if model.get("quantizer") not in ("vq", "fsq"):
+    problems.append(f"tokenizer.model.quantizer={model.get('quantizer')!r}: must be vq or fsq")
+  if model.get("encoder", "conv") not in ("conv", "patch"):
+    problems.append(f"tokenizer.model.encoder={model.get('encoder')!r}: must be conv or patch")
+  if model.get("quantizer") == "vq":
+    _check_positive_int(config, ["tokenizer.model.vocab_size", "tokenizer.model.code_dim"],
+                        problems, minimum=2)
 
 
 def _check_fraction(config, paths: list[str], problems: list[str]):
@@ -139,11 +184,24 @@ def validate(config) -> list[str]:
     _check_sections(config, problems)
   _check_mesh(config, problems)
   _check_data(config, problems)
-  _check_positive(config, [
-      "tokenizer.num_steps", "tokenizer.batch_size", "tokenizer.optimizer.lr",
-      "denoiser_train.num_steps", "denoiser_train.batch_size", "denoiser_train.optim.lr",
-      "sampler.num_steps",
+  _check_positive(config, ["tokenizer.optimizer.lr", "denoiser_train.optim.lr"], problems)
+  _check_positive_int(config, [
+      "tokenizer.num_steps", "tokenizer.batch_size", "denoiser_train.num_steps",
+      "denoiser_train.batch_size", "sampler.num_steps", "tokenizer.loop.log_every",
+      "tokenizer.loop.ckpt_every", "tokenizer.loop.keep_checkpoints",
+      "denoiser_train.log_every", "denoiser_train.ckpt_every", "denoiser_train.keep_checkpoints",
+      "denoiser_train.eval_batches", "tokenizer.eval.num_examples", "tokenizer.eval.batch_size",
+      "tokenizer.pretokenize.shard_size", "tokenizer.pretokenize.batch_size",
+      "sample.batch_size", "sample.num_per_prompt", "eval.shapes_geneval.batch_size",
+      "eval.shapes_geneval.images_per_prompt",
   ], problems)
+  _check_positive_int(config, [
+      "tokenizer.loop.summary_every", "tokenizer.loop.eval_every", "denoiser_train.summary_every",
+      "denoiser_train.eval_every", "sample.seed_offset",
+  ], problems, minimum=0)
+  for path in ("tokenizer.loop.nonfinite", "denoiser_train.nonfinite"):
+    _check_choice(config, path, ("stop", "skip"), problems)
+  _check_tokenizer_model(config, problems)
   _check_fraction(config, [
       "loss.ce_mix", "masking.edit_fraction", "denoiser_train.cfg_drop_prob",
       "sampler.edit_threshold",

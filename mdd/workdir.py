@@ -1,6 +1,7 @@
 """The run folder (`--workdir`): the one module that knows its layout and loads its trained parts.
 
   DIR/config.json                     the run's config (written by the launcher)
+  DIR/.lock                           host and pid of the run holding the folder
   DIR/tokenizer/checkpoints/          orbax checkpoints of the tokenizer's train state
   DIR/tokenizer/tokenizer_config.json the config the tokenizer was trained with
   DIR/tokenizer/neighbours.npz        the GCE neighbour table [V, K] + weights
@@ -18,9 +19,13 @@ the parameters (EMA when the run kept one) out of a checkpoint, never an optimiz
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import os
+import socket
+import time
 from typing import Any
 
 import flax.linen as nn
@@ -42,6 +47,7 @@ RUN_CONFIG = "config.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 NEIGHBOURS = "neighbours.npz"
 CHECKPOINTS = "checkpoints"
+LOCK = ".lock"
 
 
 class Workdir:
@@ -95,6 +101,53 @@ class Workdir:
   def eval_file(self, name: str) -> str:
     return os.path.join(self.eval_dir, name)
 
+  # One run at a time.
+  @property
+  def lock_file(self) -> str:
+    return os.path.join(self.root, LOCK)
+
+  @contextlib.contextmanager
+  def lock(self):
+    """Holds DIR/.lock (host, pid, start time) while a run uses the folder.
+
+    A lock of a process that no longer runs on this host is stale and taken over; a live one,
+    or one of another host (whose process cannot be checked from here), is a one-line error
+    naming the holder."""
+    os.makedirs(self.root, exist_ok=True)
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+    for _ in range(2):
+      try:
+        fd = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        holder = self._read_lock()
+        if holder is not None and not _is_stale(holder):
+          raise ValueError(
+              f"{self.root} is in use by pid {holder.get('pid')} on {holder.get('host')} "
+              f"({self.lock_file}); wait for that run, or delete the lock file if it is gone")
+        try:
+          os.remove(self.lock_file)  # Stale (or unreadable): take it over.
+        except FileNotFoundError:
+          pass
+        continue
+      with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(mine, f)
+      break
+    else:
+      raise ValueError(f"cannot take the lock {self.lock_file}")
+    try:
+      yield
+    finally:
+      if (self._read_lock() or {}).get("pid") == mine["pid"]:
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(self.lock_file)
+
+  def _read_lock(self) -> dict | None:
+    try:
+      with open(self.lock_file, encoding="utf-8") as f:
+        return json.load(f)
+    except (OSError, ValueError):
+      return None
+
   # The run's config.
   def save_run_config(self, config):
     """DIR/config.json, so CLIs given only the workdir rebuild the same model (process 0)."""
@@ -125,7 +178,9 @@ class Workdir:
           name=TOKENIZER, path=("generator",))
     except FileNotFoundError as e:
       raise FileNotFoundError(f"no tokenizer checkpoint: {e}") from None
-    return TrainedTokenizer(model=model, params=nn.unbox(restored[key]), step=step)
+    params = nn.unbox(restored[key])
+    _check_finite(params, f"the tokenizer checkpoint (step {step}) in {self.tokenizer_dir}")
+    return TrainedTokenizer(model=model, params=params, step=step)
 
   def load_neighbours(self) -> neighbours_lib.NeighbourTable:
     if not os.path.exists(self.neighbours_file):
@@ -154,14 +209,44 @@ class Workdir:
     except FileNotFoundError:
       raise FileNotFoundError(f"no denoiser checkpoint under {self.checkpoints_dir(DENOISER)} "
                               "(run --config.mode=train first)") from None
-    return nn.unbox(restored[key]), step
+    params = nn.unbox(restored[key])
+    _check_finite(params, f"the denoiser checkpoint (step {step}) in {self.denoiser_dir}")
+    return params, step
+
+
+def _check_finite(params, what: str):
+  """Refuses weights with NaN or Inf: they would sample blank or garbage images silently."""
+  bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+         if jnp.issubdtype(leaf.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(leaf)))]
+  if bad:
+    raise ValueError(f"{what} has non-finite weights ({len(bad)} arrays, e.g. {bad[0]}); train "
+                     "again from an earlier checkpoint or a fresh --workdir")
+
+
+def _is_stale(holder: dict) -> bool:
+  """Whether the lock's process is gone (checkable on this host only)."""
+  if holder.get("host") != socket.gethostname():
+    return False
+  try:
+    os.kill(int(holder.get("pid", -1)), 0)
+  except ProcessLookupError:
+    return True
+  except (PermissionError, ValueError, OverflowError):
+    return False
+  except OSError as e:
+    return e.errno == errno.ESRCH
+  return False
 
 
 def _read_config(path: str, hint: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: {hint}")
   with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
+    try:
+      return ml_collections.ConfigDict(json.load(f))
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} is not valid JSON ({e}); restore it or use a fresh --workdir") \
+          from None
 
 
 def image_hw(data_cfg) -> tuple[int, int]:

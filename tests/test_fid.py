@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pickle
+import pickletools
 import sys
 import types
 import zipfile
@@ -524,3 +525,49 @@ def test_convert_cli_writes_loadable_safetensors(tmp_path):
   (tmp_path / "w.txt").write_text("x")
   with pytest.raises(ValueError, match="unknown weight file type"):
     inception.read_state_dict(str(tmp_path / "w.txt"))
+
+
+class _Payload:
+  """Unpickled without restriction, this creates `path`: the proof that code ran."""
+
+  def __init__(self, path):
+    self.path = path
+
+  def __reduce__(self):
+    return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("entry", ["magic", "protocol", "sys_info", "state", "storage_keys",
+                                   "zip_data_pkl"])
+def test_a_crafted_weight_file_runs_no_code(tmp_path, entry):
+  """Every pickle a .pth holds is read without running code: the payload's side effect (a file)
+  never appears, and the read fails with a one-line ValueError."""
+  marker = str(tmp_path / "pwned")
+  payload = pickle.dumps(_Payload(marker), protocol=2)
+  path = str(tmp_path / f"{entry}.pth")
+  good = str(tmp_path / "good.pth")
+  _write_fake_torch_checkpoint(good, {"w": (np.ones(4, np.float32), 0, (4,), (1,))},
+                               legacy=entry != "zip_data_pkl")
+  if entry == "zip_data_pkl":
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(path, "w") as dst:
+      for name in src.namelist():
+        dst.writestr(name, payload if name.endswith("data.pkl") else src.read(name))
+  else:
+    # Split the legacy file into its five pickles (read as opcodes, never executed) + storages.
+    with open(good, "rb") as f:
+      data = f.read()
+    stream, pickles = io.BytesIO(data), []
+    for _ in range(5):
+      start = stream.tell()
+      for _ in pickletools.genops(stream):
+        pass
+      pickles.append(data[start:stream.tell()])
+    rest = data[stream.tell():]
+    index = ["magic", "protocol", "sys_info", "state", "storage_keys"].index(entry)
+    pickles[index] = payload
+    with open(path, "wb") as f:
+      f.write(b"".join(pickles) + rest)
+  with pytest.raises(ValueError) as error:
+    inception.read_state_dict(path, use_torch=False)
+  assert "\n" not in str(error.value)
+  assert not os.path.exists(marker), f"the {entry} pickle ran the payload"

@@ -48,6 +48,7 @@ def _config(**overrides):
   return c
 
 
+@pytest.mark.integration
 def test_train_steps_with_gan_restarts_and_falling_loss():
   """Direct jitted steps on ShapeGen: the discriminator (own optimizer) starts at
   gan.start_step, dead codes restart, the reconstruction loss falls."""

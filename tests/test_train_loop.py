@@ -27,7 +27,8 @@ class _Regressor(nn.Module):
     return jnp.tanh(x @ w1) @ w2
 
 
-def _task(num_steps, lr=3e-2, batch_size=16, poison_at=None, schedule_steps=None, hidden=16):
+def _task(num_steps, lr=3e-2, batch_size=16, poison_at=None, schedule_steps=None, hidden=16,
+          poison_steps=()):
   model = _Regressor(hidden)
   opt_cfg = ml_collections.ConfigDict(dict(lr=lr, warmup_steps=2, num_steps=schedule_steps or num_steps,
                                            weight_decay=0.0, grad_clip=1.0))
@@ -52,7 +53,7 @@ def _task(num_steps, lr=3e-2, batch_size=16, poison_at=None, schedule_steps=None
       rng = np.random.default_rng(step)  # Batch i depends only on i: resumable.
       x = rng.normal(size=(batch_size, 8)).astype(np.float32)
       y = np.tanh(x @ true_w).astype(np.float32)
-      if poison_at is not None and step >= poison_at:
+      if (poison_at is not None and step >= poison_at) or step in poison_steps:
         x[:] = np.nan
       yield {"x": x, "y": y}
       step += 1
@@ -140,9 +141,97 @@ def test_checkpoint_of_another_config_is_a_clear_error(tmp_path):
 
 
 def test_nan_guard_keeps_last_good_checkpoint(tmp_path):
-  with pytest.raises(FloatingPointError, match="non-finite metrics"):
+  with pytest.raises(FloatingPointError, match="non-finite loss, gradients or weights"):
     loop.train(_task(30, poison_at=12), _loop_cfg(), str(tmp_path), _mesh(),
                sharding.DEFAULT_RULES)
   manager = checkpoints.manager(os.path.join(tmp_path, "toy", "checkpoints"))
   assert manager.latest_step() == 10
   manager.close()
+
+
+def _saved_params(ckpt_dir):
+  """{step: params} of every checkpoint in the folder, read back from disk."""
+  manager = checkpoints.manager(ckpt_dir)
+  out = {}
+  for step in manager.all_steps():
+    restored = manager.restore(step)
+    out[step] = jax.tree.leaves(restored["params"])
+  manager.close()
+  return out
+
+
+def test_nan_guard_saves_no_nonfinite_state_when_checkpoints_outpace_logs(tmp_path):
+  """ckpt_every < log_every: the guard still sees every step before a save; every checkpoint on
+  disk is finite, the message names the last good one, and the same command resumes."""
+  cfg = _loop_cfg(log_every=5, ckpt_every=2, keep_checkpoints=10)
+  with pytest.raises(FloatingPointError, match=r"up to 8;.*last checkpoint \(step 6\)"):
+    loop.train(_task(30, poison_steps={7}), cfg, str(tmp_path), _mesh(), sharding.DEFAULT_RULES)
+  ckpt_dir = os.path.join(tmp_path, "toy", "checkpoints")
+  saved = _saved_params(ckpt_dir)
+  assert sorted(saved) == [2, 4, 6]
+  assert all(np.isfinite(np.asarray(leaf)).all() for leaves in saved.values() for leaf in leaves)
+  # The data problem gone, the same command resumes from step 6 and finishes.
+  state = loop.train(_task(30), cfg, str(tmp_path), _mesh(), sharding.DEFAULT_RULES)
+  assert int(state.step) == 30
+
+
+def test_nan_guard_skip_policy_drops_the_bad_updates_only(tmp_path):
+  cfg = _loop_cfg(nonfinite="skip")
+  state = loop.train(_task(20, poison_steps={7, 13}), cfg, str(tmp_path), _mesh(),
+                     sharding.DEFAULT_RULES)
+  assert int(state.step) == 18  # 20 steps, 2 updates skipped
+  assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state.params))
+  rows = metrics.read_jsonl(os.path.join(tmp_path, "toy", "metrics.jsonl"))
+  by_step = {r["step"]: r for r in rows if "loss" in r}
+  assert by_step[10]["skipped_updates"] == 1 and by_step[20]["skipped_updates"] == 2
+  assert all(np.isfinite(r["loss"]) for r in by_step.values())
+  saved = _saved_params(os.path.join(tmp_path, "toy", "checkpoints"))
+  assert all(np.isfinite(np.asarray(leaf)).all() for leaves in saved.values() for leaf in leaves)
+
+
+def test_metrics_rows_survive_a_kill(tmp_path):
+  """Rows are flushed as they are written: a reader sees them while the writer is still open,
+  and a last line cut mid-write is skipped."""
+  writer = metrics.JsonlWriter(str(tmp_path))
+  writer.write_scalars(5, {"loss": 1.0})
+  rows = metrics.read_jsonl(writer.path)
+  assert rows[0]["step"] == 5 and rows[0]["loss"] == 1.0
+  with open(writer.path, "a", encoding="utf-8") as f:
+    f.write('{"step": 10, "lo')
+  assert [r["step"] for r in metrics.read_jsonl(writer.path)] == [5]
+  writer.close()
+
+
+def _truncate_array_files(step_dir):
+  """A copy cut short by a full disk: every array data file loses two thirds."""
+  files = [os.path.join(root, name) for root, _, names in os.walk(step_dir) for name in names
+           if os.sep + "d" + os.sep in os.path.join(root, name)]
+  assert files
+  for path in files:
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 3)
+
+
+def test_a_truncated_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, capsys):
+  mesh = _mesh()
+  loop.train(_task(20, schedule_steps=30), _loop_cfg(), str(tmp_path), mesh,
+             sharding.DEFAULT_RULES)
+  ckpt_dir = os.path.join(tmp_path, "toy", "checkpoints")
+  _truncate_array_files(os.path.join(ckpt_dir, "20"))
+  # Inference-side reads fall back too.
+  abstract = jax.eval_shape(_task(20).init_state, jax.random.key(0))
+  restored, step = checkpoints.restore_subtrees(
+      ckpt_dir, {"params": checkpoints.on_device(abstract.params)})
+  assert step == 10
+  # Training resumes from step 10, keeps the unreadable step aside, and writes step 20 again.
+  state = loop.train(_task(30), _loop_cfg(), str(tmp_path), mesh, sharding.DEFAULT_RULES)
+  assert int(state.step) == 30
+  err = capsys.readouterr().err
+  assert "the checkpoint at step 20" in err and "falling back to an older one" in err
+  assert os.path.isdir(os.path.join(ckpt_dir, "corrupt-20"))
+  assert checkpoints.all_steps(ckpt_dir)[0] == 30
+  # The resumed run equals one that never saw the corruption.
+  clean = loop.train(_task(30), _loop_cfg(), str(tmp_path / "clean"), mesh,
+                     sharding.DEFAULT_RULES)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               nn.unbox(state.params), nn.unbox(clean.params))

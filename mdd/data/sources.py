@@ -17,6 +17,8 @@ class Source:
   target: str                     # "module:function(data_cfg, split) -> source"
   required: tuple[str, ...] = ()  # fields of config.data that must be non-empty
   hint: str = ""                  # what a required field should hold
+  heldout_split: str = "validation"  # the split evaluations read by default
+  splits: tuple[str, ...] = ()    # the splits it has (empty: known only to the dataset)
 
   def resolve(self):
     module, _, name = self.target.partition(":")
@@ -25,11 +27,17 @@ class Source:
 
 SOURCES: dict[str, Source] = {
     # Procedural ShapeGen scenes (the embedded default; no files needed).
-    "shapes": Source("mdd.data.loader:shapegen_from_config"),
+    "shapes": Source("mdd.data.loader:shapegen_from_config", heldout_split="heldout",
+                     splits=("train", "validation", "heldout")),
     # A user folder of images with a manifest.jsonl of {"image", "caption"} lines.
     "folder": Source("mdd.data.folder:from_config", required=("folder",),
-                     hint="a directory with manifest.jsonl"),
+                     hint="a directory with manifest.jsonl", splits=("train", "validation")),
     # Any prepared TensorFlow Datasets dataset (needs the `tf` extra).
     "tfds": Source("mdd.data.loader:tfds_from_config", required=("tfds_name",),
                    hint="a TFDS name such as shape_gen/res32"),
 }
+
+
+def heldout_split(data_cfg) -> str:
+  """The split a held-out evaluation reads for the configured source."""
+  return SOURCES[data_cfg.source].heldout_split

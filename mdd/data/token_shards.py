@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import zipfile
 from typing import Any
 
 import jax
@@ -48,7 +49,11 @@ class TokenShardSource:
     if not os.path.exists(path):
       raise FileNotFoundError(f"no token shards in {directory} (run --config.mode=pretokenize)")
     with open(path, encoding="utf-8") as f:
-      self.manifest = json.load(f)
+      try:
+        self.manifest = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete {directory} and rerun "
+                         "--config.mode=pretokenize") from None
     self.directory = directory
     self.num_examples = int(self.manifest["num_examples"])
     self.shard_size = int(self.manifest["shard_size"])
@@ -76,8 +81,13 @@ class TokenShardSource:
     if shard in self._cache:
       self._cache.move_to_end(shard)
       return self._cache[shard]
-    with np.load(shard_path(self.directory, shard)) as data:
-      arrays = {k: data[k] for k in data.files}
+    path = shard_path(self.directory, shard)
+    try:
+      with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError) as e:
+      raise ValueError(f"token shard {path} is corrupt ({type(e).__name__}: {e}); delete it "
+                       "and rerun --config.mode=pretokenize to rewrite it") from None
     self._cache[shard] = arrays
     if self._cache_shards is not None and len(self._cache) > self._cache_shards:
       self._cache.popitem(last=False)

@@ -89,10 +89,7 @@ def _check_fingerprint(outdir: str, fingerprint: dict | None) -> None:
   if fingerprint is None:
     return
   path = os.path.join(outdir, FINGERPRINT_FILE)
-  previous = None
-  if os.path.isfile(path):
-    with open(path, encoding="utf-8") as f:
-      previous = json.load(f)
+  previous = fileio.read_json_record(path)
   stale = [name for name in (os.listdir(outdir) if os.path.isdir(outdir) else [])
            if _FOLDER.match(name)]
   if stale and previous != fingerprint:

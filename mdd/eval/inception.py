@@ -337,7 +337,9 @@ def make_feature_fn(model, variables, batch_size: int = 50):
 # A torch checkpoint is a pickle whose tensors are rebuilt by `torch._utils._rebuild_tensor_v2`
 # from storages the pickle names by "persistent id"; the raw storage bytes live in zip members
 # `<root>/data/<key>` (torch >= 1.6) or follow the pickle in the legacy format. Only the classes
-# a state dict needs are allowed, so no arbitrary code runs.
+# a state dict needs are allowed, and every other pickle in the file (the legacy format's magic
+# number, protocol, system info and storage keys) is read as plain data with no class allowed at
+# all, so a crafted file cannot run code.
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
@@ -378,6 +380,21 @@ def _materialize(spec):
       storage.array[offset:], shape=size, strides=tuple(s * itemsize for s in stride)).copy()
 
 
+class _PlainDataUnpickler(pickle.Unpickler):
+  """Numbers, strings, lists, tuples and dicts only: any class or persistent id is refused."""
+
+  def find_class(self, module, name):
+    raise pickle.UnpicklingError(f"refuses {module}.{name}: this part of a checkpoint holds "
+                                 "plain data only")
+
+  def persistent_load(self, pid):
+    raise pickle.UnpicklingError("refuses a persistent id where plain data belongs")
+
+
+def _load_plain(f):
+  return _PlainDataUnpickler(f).load()
+
+
 class _Unpickler(pickle.Unpickler):
 
   def __init__(self, file, load_storage):
@@ -403,8 +420,8 @@ def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
   """Reads a torch state dict (tensors only) into numpy arrays without importing torch."""
   try:
     return _read_torch_checkpoint(path)
-  except (pickle.UnpicklingError, EOFError, KeyError) as e:
-    raise ValueError(f"cannot read {path!r} as a torch state dict: {e}") from e
+  except (pickle.UnpicklingError, EOFError, KeyError, TypeError, AttributeError) as e:
+    raise ValueError(f"cannot read {path!r} as a torch state dict: {e}") from None
 
 
 def _read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
@@ -429,10 +446,10 @@ def _read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
       state = _Unpickler(io.BytesIO(archive.read(pickles[0])), load_storage).load()
   else:
     with open(path, "rb") as f:
-      if pickle.load(f) != _LEGACY_MAGIC:
+      if _load_plain(f) != _LEGACY_MAGIC:
         raise ValueError(f"{path!r} is neither a zip nor a legacy torch checkpoint")
-      pickle.load(f)  # protocol version
-      pickle.load(f)  # system info
+      _load_plain(f)  # protocol version
+      _load_plain(f)  # system info
       storages = {}
 
       def load_storage(pid):
@@ -443,7 +460,7 @@ def _read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
         return storages[key]
 
       state = _Unpickler(f, load_storage).load()
-      for key in pickle.load(f):
+      for key in _load_plain(f):
         storage = storages[key]
         numel = int(np.frombuffer(f.read(8), "<i8")[0])
         if numel != storage.numel:

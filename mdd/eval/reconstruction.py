@@ -26,6 +26,7 @@ from scipy import ndimage
 
 from mdd import workdir as workdir_lib
 from mdd.data import loader
+from mdd.data import sources
 from mdd.models import quantizers
 from mdd.utils import fileio
 
@@ -108,7 +109,7 @@ def evaluate_images(model, params, images: np.ndarray, batch_size: int = 64,
 
 
 def shapes_images(data_cfg, split: str = "heldout", num_examples: int = 512) -> np.ndarray:
-  """The first `num_examples` images of a ShapeGen split as uint8 [N, H, W, 3]."""
+  """The first `num_examples` images of a split of the configured source, uint8 [N, H, W, 3]."""
   source = loader.make_source(data_cfg, split)
   num = min(int(num_examples), len(source))
   return np.stack([source[i]["image"] for i in range(num)])
@@ -154,7 +155,7 @@ def run_eval(workdir: str, num_examples: int = 512, photos: bool = False,
   tokenizer = run_dir.load_tokenizer()
   model, params = tokenizer.model, tokenizer.params
   config = run_dir.load_tokenizer_config()
-  images = shapes_images(config.data, "heldout", num_examples)
+  images = shapes_images(config.data, sources.heldout_split(config.data), num_examples)
   results = {f"shapes_{k}": v for k, v in evaluate_images(model, params, images).items()}
   if photos:
     results.update(photo_eval(model, params, resolutions))

@@ -149,17 +149,17 @@ _CURVE_KEYS = ("step", "loss", "eval/masked_acc", "eval/group_acc", "eval/loss")
 
 
 def _curve(run_dir: str) -> list[dict]:
-  """Held-out eval scalars and train loss over steps from the run's metrics.jsonl."""
+  """Held-out eval scalars and train loss over steps from the run's metrics.jsonl. Rows of a
+  step written again after a resume replace the earlier ones."""
+  from mdd.train import metrics  # pylint: disable=import-outside-toplevel
   path = os.path.join(run_dir, "denoiser", "metrics.jsonl")
-  rows = []
+  by_step: dict[int, dict] = {}
   if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      for line in f:
-        row = json.loads(line)
-        keep = {k: v for k, v in row.items() if k in _CURVE_KEYS}
-        if len(keep) > 1:
-          rows.append(keep)
-  return rows
+    for row in metrics.read_jsonl(path):
+      keep = {k: v for k, v in row.items() if k in _CURVE_KEYS}
+      if len(keep) > 1:
+        by_step.setdefault(int(keep["step"]), {}).update(keep)
+  return [by_step[step] for step in sorted(by_step)]
 
 
 def eval_many(run_dir: str, jobs: Sequence[dict], which: str, images_per_prompt: int,

@@ -32,16 +32,18 @@ class Headline:
 
 
 CURRENT_RESULTS: tuple[Headline, ...] = (
-    Headline("CPU default, whole pipeline (`configs/shapes_tiny.py`)",
-             "ShapeGenEval **0.263** over 2016 images in **12 min 59 s** (tokenizer 202 s, "
-             "pretokenize 11 s, denoiser 485 s, sample 13 s, eval 65 s)",
+    Headline("CPU default, whole pipeline (`configs/shapes_tiny.py`, the README's main command)",
+             "ShapeGenEval **0.297** over 2016 images, the same before and after the layered "
+             "layout (byte-identical sample grid); **0.263** in 12 min 59 s on another machine",
              "2 CPU cores, jax 0.10.2",
-             ("docs/runs/shapes_tiny_2026-11-29_s12.json",)),
-    Headline("CPU default with 12000 denoiser steps (what `:long` trains)",
-             "**0.550** in 27 min 32 s with the default 12 sampler steps; **0.595** re-sampled "
-             "with 24 (what `:long` samples with)",
+             ("docs/runs/shapes_tiny_2026-12-05.json",
+              "docs/runs/shapes_tiny_2026-11-29_s12.json")),
+    Headline("CPU default, `:long` (12000 denoiser steps, 24 sampler steps)",
+             "**0.557** in 37 min 7 s (denoiser at 6.8 steps/s); earlier, on a faster machine, "
+             "12000 steps scored 0.550 in 27 min 32 s and 0.595 re-sampled with 24 steps",
              "2 CPU cores, jax 0.10.2",
-             ("docs/runs/shapes_tiny_2026-11-29_s12_long.json",)),
+             ("docs/runs/shapes_tiny_long_2026-12-05.json",
+              "docs/runs/shapes_tiny_2026-11-29_s12_long.json")),
     Headline("GPU config, whole pipeline (`configs/shapes_gpu.py`)",
              "**0.975** (training seed 0) and **0.967** (seed 1), 2016 images each; seed 0's "
              "processes ran 19.8 min in all over three resumed calls",

@@ -114,12 +114,10 @@ def run(config, workdir: str):
   record = json.loads(json.dumps({**gen.fingerprint(gen.sampler_config()),
                                   "sample": sample_cfg.to_dict()}, default=str, sort_keys=True))
   done_path = os.path.join(out_dir, "done.json")
-  if os.path.exists(done_path):
-    with open(done_path, encoding="utf-8") as f:
-      if json.load(f) == record:
-        print(f"sample: {out_dir} already holds these samples (denoiser step {gen.step}); "
-              f"delete {done_path} to draw them again", flush=True)
-        return None
+  if fileio.read_json_record(done_path) == record:
+    print(f"sample: {out_dir} already holds these samples (denoiser step {gen.step}); "
+          f"delete {done_path} to draw them again", flush=True)
+    return None
   setup = _edit_setup(gen, sample_cfg, len(all_prompts))
 
   images, first = [], None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
 from typing import Sequence
 
 import jax
@@ -60,10 +61,19 @@ def load_table(path: str) -> NeighbourTable:
   """Reads a table written by `save_table`."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"no neighbour table at {path} (train the tokenizer first)")
-  with np.load(path) as data:
-    if "neighbours" not in data or "weights" not in data:
-      raise ValueError(f"{path}: expected arrays 'neighbours' and 'weights', got {list(data)}")
-    return NeighbourTable(data["neighbours"].astype(np.int32), data["weights"].astype(np.float32))
+  try:
+    with np.load(path) as data:
+      if "neighbours" not in data or "weights" not in data:
+        raise ValueError(f"{path}: expected arrays 'neighbours' and 'weights', got {list(data)}")
+      table = NeighbourTable(data["neighbours"].astype(np.int32),
+                             data["weights"].astype(np.float32))
+  except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+    raise ValueError(f"{path} is corrupt ({type(e).__name__}: {e}); rerun "
+                     "--config.mode=train_tokenizer to rewrite it") from None
+  if table.neighbours.ndim != 2 or table.weights.shape != table.neighbours.shape:
+    raise ValueError(f"{path}: neighbours {table.neighbours.shape} and weights "
+                     f"{table.weights.shape} are not one [V, K] table")
+  return table
 
 
 # ---------------------------------------------------------------------------------------------

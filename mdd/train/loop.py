@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import signal
 import sys
@@ -20,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
@@ -82,13 +82,20 @@ def abstract_state(task: Task, mesh: Mesh, rules) -> tuple[Any, Any]:
 def restore_or_init(task: Task, manager, mesh: Mesh, rules, rng: jax.Array):
   """Restores the latest checkpoint onto this mesh, or creates a fresh sharded state."""
   target, shardings = abstract_state(task, mesh, rules)
-  latest = manager.latest_step()
-  if latest is not None:
+  steps = sorted(manager.all_steps(), reverse=True)
+  if steps:
+    directory = str(manager.directory)
+
+    def read(step):
+      return manager.restore(step, args=ocp.args.StandardRestore(target))
+
+    def on_corrupt(step):
+      if jax.process_index() == 0:
+        checkpoints.set_aside(directory, step)
+      manager.reload()
+
+    state, latest = checkpoints.first_readable(directory, steps, read, task.name, on_corrupt)
     logging.info("%s: resuming from checkpoint step %d", task.name, latest)
-    try:
-      state = manager.restore(latest, args=ocp.args.StandardRestore(target))
-    except ValueError as e:
-      raise checkpoints.mismatch_error(task.name, manager.directory, latest, e) from None
     return state, shardings, int(latest)
   with mesh, nn.logical_axis_rules(list(rules)):
     state = jax.jit(task.init_state, out_shardings=shardings)(rng)
@@ -97,19 +104,33 @@ def restore_or_init(task: Task, manager, mesh: Mesh, rules, rng: jax.Array):
 
 def jit_train_step(task: Task, state_shardings, step_rng: jax.Array):
   """`step(state, batch, step) -> (state, metrics)`, jitted once with the state's shardings;
-  the old state's buffers are donated. Step `k` uses the key `fold_in(step_rng, k)`."""
+  the old state's buffers are donated. Step `k` uses the key `fold_in(step_rng, k)`.
+
+  The NaN guard lives in the step: when a metric (loss, gradient norm, ...) or a floating leaf
+  of the new state is not finite, the step returns the old state unchanged and the metric
+  `nonfinite` = 1, so a non-finite state never exists to be saved."""
   def step_fn(state, batch, step):
-    return task.train_step(state, batch, jax.random.fold_in(step_rng, step))
+    new_state, metrics = task.train_step(state, batch, jax.random.fold_in(step_rng, step))
+    checks = [jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]
+    checks += [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(new_state)
+               if jnp.issubdtype(leaf.dtype, jnp.floating)]
+    finite = jnp.all(jnp.stack(checks))
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    return new_state, dict(metrics, nonfinite=(~finite).astype(jnp.float32))
 
   return jax.jit(step_fn, in_shardings=(state_shardings, None, None),
                  out_shardings=(state_shardings, None), donate_argnums=(0,))
 
 
-def _check_finite(metrics: dict[str, float], step: int, name: str):
-  bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-  if bad:
-    raise FloatingPointError(f"{name}: non-finite metrics {bad} at step {step}; the last good "
-                             "checkpoint is kept, lower the learning rate or check the data")
+def _mean_scalars(fetched: list[dict]) -> tuple[dict[str, float], int]:
+  """(means of the finite steps' metrics, number of non-finite steps) of fetched step metrics."""
+  bad = int(sum(float(m["nonfinite"]) for m in fetched))
+  good = [m for m in fetched if not float(m["nonfinite"])] or fetched
+  keys = [k for k in fetched[0] if k != "nonfinite"]
+  return {k: float(np.mean([m[k] for m in good])) for k in keys}, bad
+
+
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
@@ -134,10 +155,17 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
 
   jit_step = jit_train_step(task, state_shardings, step_rng)
 
-  log_every = max(1, int(loop_cfg.get("log_every", 50)))
-  ckpt_every = max(1, int(loop_cfg.get("ckpt_every", 500)))
+  log_every = int(loop_cfg.get("log_every", 50))
+  ckpt_every = int(loop_cfg.get("ckpt_every", 500))
   summary_every = int(loop_cfg.get("summary_every", 0))
   eval_every = int(loop_cfg.get("eval_every", 0))
+  nonfinite_policy = str(loop_cfg.get("nonfinite", "stop"))
+  if log_every < 1 or ckpt_every < 1:
+    raise ValueError(f"{task.name}: log_every={log_every} and ckpt_every={ckpt_every} must be "
+                     ">= 1")
+  if nonfinite_policy not in NONFINITE_POLICIES:
+    raise ValueError(f"{task.name}: nonfinite={nonfinite_policy!r}: must be one of "
+                     f"{NONFINITE_POLICIES}")
   total = task.num_steps
 
   if start_step >= total:
@@ -149,7 +177,8 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
   pending: list[dict] = []
   t_last, steps_since = time.time(), 0
   multi_process = jax.process_count() > 1
-  preempted, done = False, start_step
+  preempted, done, saved = False, start_step, start_step
+  nonfinite_at, skipped = None, 0
   with mesh, nn.logical_axis_rules(list(rules)), _sigterm_flag() as sigterm:
     for step in range(start_step, total):
       host_batch = next(batches)
@@ -158,29 +187,49 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
       pending.append(step_metrics)
       steps_since += 1
       done = step + 1
-      if done % log_every == 0 or done == total:
+      preempted = sigterm.is_set() or (multi_process and manager.reached_preemption(done))
+      save = done % ckpt_every == 0 or done == total or preempted
+      if done % log_every == 0 or done == total or save:
+        # Before a save too: a checkpoint is written only after its steps were seen finite.
         fetched = jax.device_get(pending)
-        scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-        _check_finite(scalars, done, task.name)
-        elapsed = time.time() - t_last
-        scalars["steps_per_sec"] = steps_since / max(elapsed, 1e-9)
-        writer.write_scalars(done, scalars)
-        eta = (total - done) / max(scalars["steps_per_sec"], 1e-9)
-        print(f"[{task.name}] step {done}/{total} " +
-              " ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())) +
-              f" eta={eta:.0f}s", flush=True)
-        pending, t_last, steps_since = [], time.time(), 0
+        scalars, bad = _mean_scalars(fetched)
+        if bad and nonfinite_policy == "stop":
+          nonfinite_at = done
+          break
+        if done % log_every == 0 or done == total:
+          skipped += bad
+          elapsed = time.time() - t_last
+          scalars["steps_per_sec"] = steps_since / max(elapsed, 1e-9)
+          if nonfinite_policy == "skip":
+            scalars["skipped_updates"] = float(skipped)
+          writer.write_scalars(done, scalars)
+          eta = (total - done) / max(scalars["steps_per_sec"], 1e-9)
+          print(f"[{task.name}] step {done}/{total} " +
+                " ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())) +
+                f" eta={eta:.0f}s", flush=True)
+          if bad:
+            logging.warning("%s: skipped %d non-finite updates up to step %d", task.name, bad,
+                            done)
+          pending, t_last, steps_since = [], time.time(), 0
       if summary_every and task.image_summaries and done % summary_every == 0:
         writer.write_images(done, task.image_summaries(state, batch))
       if eval_every and task.evaluate and done % eval_every == 0 and done != total:
         writer.write_scalars(done, {f"eval/{k}": v for k, v in task.evaluate(state).items()
                                     if np.isscalar(v)})
-      preempted = sigterm.is_set() or (multi_process and manager.reached_preemption(done))
-      if done % ckpt_every == 0 or done == total or preempted:
+      if save:
         manager.save(done, args=ocp.args.StandardSave(state), force=preempted)
+        saved = done
       if preempted:
         break
   manager.wait_until_finished()
+  if nonfinite_at is not None:
+    writer.close()
+    manager.close()
+    raise FloatingPointError(
+        f"{task.name}: non-finite loss, gradients or weights at a step up to {nonfinite_at}; "
+        f"stopped without saving it, the last checkpoint (step {saved}) holds finite weights "
+        f"and the same command resumes from it; lower the learning rate, check the data, or "
+        f"set the loop's nonfinite='skip' to skip such updates")
 
   # Final evaluation (not after a preemption), written atomically next to the checkpoints.
   eval_path = os.path.join(out_dir, "eval.json")

@@ -2,7 +2,8 @@
 
 With TensorFlow present, clu's default writer logs and writes TensorBoard event files. Without it
 (the lent GPU image has none) metrics go to the log. Either way process 0 also appends every
-scalar to `metrics.jsonl`, which the ablation scripts and tests read back.
+scalar to `metrics.jsonl`, which the ablation scripts and tests read back; each row is flushed
+as it is written, so a killed run loses at most the row being written.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class JsonlWriter:
     record = {"step": int(step), "time": time.time()}
     record.update({k: float(np.asarray(v)) for k, v in scalars.items()})
     self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
 
   def write_images(self, step: int, images: Mapping[str, Any]):
     del step, images  # Images go to TensorBoard (or nowhere without TF).
@@ -98,6 +100,14 @@ class Writer:
 
 
 def read_jsonl(path: str) -> list[dict]:
-  """All records of a metrics.jsonl file."""
+  """All records of a metrics.jsonl file (a last line cut by a kill is skipped)."""
   with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f if line.strip()]
+  records = []
+  for index, line in enumerate(lines):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      if index != len(lines) - 1:
+        raise ValueError(f"{path}: line {index + 1} is not JSON") from None
+  return records

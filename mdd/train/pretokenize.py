@@ -15,7 +15,6 @@ an interrupted run neither duplicates nor drops examples.
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 from typing import Sequence
@@ -31,8 +30,7 @@ from mdd.utils import fileio
 def _check_or_write_manifest(directory: str, manifest: dict):
   path = os.path.join(directory, MANIFEST)
   if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      existing = json.load(f)
+    existing = fileio.read_json(path, fix=f"delete {directory} and rerun the pretokenize stage")
     keys = ("num_examples", "shard_size", "num_shards", "token_shape", "vocab_size")
     changed = {k: (existing.get(k), manifest[k]) for k in keys if existing.get(k) != manifest[k]}
     if changed:

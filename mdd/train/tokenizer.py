@@ -27,6 +27,7 @@ import numpy as np
 
 from mdd import workdir as workdir_lib
 from mdd.data import loader
+from mdd.data import sources
 from mdd.eval import reconstruction
 from mdd.models import discriminator as disc_lib
 from mdd.models import quantizers
@@ -283,7 +284,8 @@ def make_task(config) -> loop_lib.Task:
   def evaluate(state: TokenizerState) -> dict[str, float]:
     if "images" not in eval_images:
       eval_images["images"] = reconstruction.shapes_images(
-          config.data, tok_cfg.eval.split, int(tok_cfg.eval.num_examples))
+          config.data, tok_cfg.eval.split or sources.heldout_split(config.data),
+          int(tok_cfg.eval.num_examples))
     results = reconstruction.evaluate_images(model, state.eval_params, eval_images["images"],
                                              int(tok_cfg.eval.batch_size), roundtrip)
     if bool(tok_cfg.eval.photos):

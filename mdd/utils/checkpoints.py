@@ -8,8 +8,10 @@ and evaluation do not depend on how a model was trained.
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any
+import sys
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -22,6 +24,15 @@ def manager(directory: str, keep: int = 2, async_save: bool = True) -> ocp.Check
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+def all_steps(directory: str) -> list[int]:
+  """Complete checkpoint steps under `directory`, newest first."""
+  directory = os.path.abspath(directory)
+  if not os.path.isdir(directory):
+    return []
+  with ocp.CheckpointManager(directory) as mgr:
+    return sorted(mgr.all_steps(), reverse=True)
+
+
 def latest_step(directory: str) -> int | None:
   """The latest complete checkpoint step under `directory` (None if there is none)."""
   directory = os.path.abspath(directory)
@@ -29,6 +40,49 @@ def latest_step(directory: str) -> int | None:
     return None
   with ocp.CheckpointManager(directory) as mgr:
     return mgr.latest_step()
+
+
+def is_mismatch(error: BaseException) -> bool:
+  """Whether a restore failed because the arrays do not fit the requested ones (a checkpoint of
+  another config), as opposed to an unreadable checkpoint (truncated or missing files)."""
+  text = str(error)
+  return (isinstance(error, ValueError) and "DATA_LOSS" not in text
+          and ("shape" in text.lower() or "tree structure" in text.lower()))
+
+
+def first_readable(directory: str, steps: list[int], read: Callable[[int], Any], name: str,
+                   on_corrupt: Callable[[int], None] | None = None) -> tuple[Any, int]:
+  """`(read(step), step)` for the newest of `steps` that reads; an unreadable one is reported on
+  one line and skipped (`on_corrupt(step)` may move it aside); a checkpoint of another config
+  raises `mismatch_error`."""
+  for step in steps:
+    try:
+      return read(step), step
+    except Exception as e:  # pylint: disable=broad-except  (orbax raises bare Exception)
+      if is_mismatch(e):
+        raise mismatch_error(name, directory, step, e) from None
+      reason = " ".join(str(e).split())[:160]
+      message = (f"mdd: {name}: the checkpoint at step {step} in {directory} is unreadable "
+                 f"({type(e).__name__}: {reason}); falling back to an older one")
+      print(message, file=sys.stderr, flush=True)
+      logging.warning(message)
+      if on_corrupt is not None:
+        on_corrupt(step)
+  raise ValueError(f"{name}: no readable checkpoint in {directory} (steps {steps}); delete the "
+                   "folder to start over or restore it from a copy")
+
+
+def set_aside(directory: str, step: int) -> str:
+  """Renames an unreadable step folder to `corrupt-<step>` (kept for inspection, ignored by the
+  manager) so training can write that step again."""
+  src = os.path.join(os.path.abspath(directory), str(step))
+  dst = os.path.join(os.path.abspath(directory), f"corrupt-{step}")
+  suffix = 0
+  while os.path.exists(dst):
+    suffix += 1
+    dst = os.path.join(os.path.abspath(directory), f"corrupt-{step}.{suffix}")
+  os.replace(src, dst)
+  return dst
 
 
 def mismatch_error(name: str, directory, step: int, error: ValueError) -> ValueError:
@@ -57,20 +111,21 @@ def restore_subtrees(directory: str, targets: dict[str, Any], *, name: str = "mo
   ValueError when the arrays do not fit.
   """
   directory = os.path.abspath(directory)
-  step = latest_step(directory)
-  item_dir = os.path.join(directory, str(step), "default")
-  if step is None or not os.path.isdir(item_dir):
+  steps = all_steps(directory)
+  if not steps:
     raise FileNotFoundError(f"no checkpoint under {directory}")
   target = dict(targets)
   for key in reversed(path):
     target = {key: target}
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    try:
-      restored = checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(
+
+  def read(step):
+    item_dir = os.path.join(directory, str(step), "default")
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      return checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(
           item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
           partial_restore=True))
-    except ValueError as e:
-      raise mismatch_error(name, directory, step, e) from None
+
+  restored, step = first_readable(directory, steps, read, name)
   for key in path:
     restored = restored[key]
   return {key: restored[key] for key in targets}, int(step)

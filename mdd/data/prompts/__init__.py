@@ -145,8 +145,15 @@ def read_metadata_file(path: str) -> list[dict]:
   """Reads an `evaluation_metadata.jsonl` (one JSON object per non-empty line)."""
   if not os.path.isfile(path):
     raise ValueError(f"metadata file not found: {path!r}")
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  entries = []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, start=1):
+      if line.strip():
+        try:
+          entries.append(json.loads(line))
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}, line {number}: not JSON ({e})") from None
+  return entries
 
 
 def load_prompts(which: str = "main") -> list[dict]:

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _free_port():
@@ -25,7 +25,7 @@ def test_two_processes_share_one_mesh_and_batch(tmp_path):
                XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                JAX_PROCESS_ID=str(pid), MDD_WORKER_RESULT=str(tmp_path / f"{pid}.json"))
-    procs.append(subprocess.Popen([sys.executable, os.path.join(REPO, "tests",
+    procs.append(subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "integration",
                                                                  "multiprocess_worker.py")],
                                   cwd=REPO, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True))

@@ -10,7 +10,7 @@ import pytest
 from mdd import stages as modes
 from mdd import validate as config_validation
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _load_tiny(arg=None):

@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import sys
+import threading
 
 from absl import app
 from absl import flags
@@ -209,11 +210,37 @@ def run():
   if os.environ.get("MDD_TRACEBACK") == "1":
     app.run(main, flags_parser=_parse_flags)
     return
+  _silence_closed_event_loop_noise()
   try:
     app.run(main, flags_parser=_parse_flags)
   except (ValueError, OSError, FloatingPointError) as e:
     print(f"mdd: error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
-    sys.exit(2)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Exit without the interpreter's shutdown: after a failed restore orbax's background event
+    # loop prints tracebacks of its own while it is torn down, which would bury the one line.
+    # The workdir lock and open files were released when the error left `main`.
+    os._exit(2)
+
+
+def _silence_closed_event_loop_noise():
+  """After a failed restore, orbax's background threads report `RuntimeError: Event loop is
+  closed` as they are torn down; drop those reports (only those) so the one error line stands."""
+  def is_noise(exc_type, exc_value) -> bool:
+    return exc_type is RuntimeError and "Event loop is closed" in str(exc_value)
+
+  unraisable, thread_hook = sys.unraisablehook, threading.excepthook
+
+  def on_unraisable(info):
+    if not is_noise(info.exc_type, info.exc_value):
+      unraisable(info)
+
+  def on_thread_error(args):
+    if not is_noise(args.exc_type, args.exc_value):
+      thread_hook(args)
+
+  sys.unraisablehook = on_unraisable
+  threading.excepthook = on_thread_error
 
 
 def _one_line(error: BaseException) -> str:

@@ -8,7 +8,6 @@ and evaluation do not depend on how a model was trained.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Any, Callable
@@ -65,7 +64,6 @@ def first_readable(directory: str, steps: list[int], read: Callable[[int], Any],
       message = (f"mdd: {name}: the checkpoint at step {step} in {directory} is unreadable "
                  f"({type(e).__name__}: {reason}); falling back to an older one")
       print(message, file=sys.stderr, flush=True)
-      logging.warning(message)
       if on_corrupt is not None:
         on_corrupt(step)
   raise ValueError(f"{name}: no readable checkpoint in {directory} (steps {steps}); delete the "

@@ -28,6 +28,8 @@ from absl import logging
 import numpy as np
 from PIL import Image, ImageOps
 
+from mdd.data import loader
+
 MANIFEST = "manifest.jsonl"
 
 
@@ -165,9 +167,8 @@ def from_config(data_cfg, split: str) -> FolderSource:
   """The `folder` entry of `mdd.data.sources.SOURCES`."""
   if not data_cfg.folder:
     raise ValueError("data.folder must name a directory with manifest.jsonl for source=folder")
-  width = int(data_cfg.get("width", 0) or 0)
-  resolution = (int(data_cfg.resolution), width) if width else int(data_cfg.resolution)
   return FolderSource(
-      data_cfg.folder, resolution=resolution, manifest=data_cfg.get("manifest", "manifest.jsonl"),
+      data_cfg.folder, resolution=loader.image_resolution(data_cfg),
+      manifest=data_cfg.get("manifest", "manifest.jsonl"),
       split=split, validation_fraction=float(data_cfg.get("validation_fraction", 0.0)),
       verify_images=bool(data_cfg.get("verify_images", True)))

@@ -82,11 +82,6 @@ def _set_codebook(params, new_codebook: jax.Array):
 # Building blocks shared by training and loading.
 
 
-def image_shape(config) -> tuple[int, int]:
-  """(H, W) of the training images from `config.data`."""
-  return workdir_lib.image_hw(config.data)
-
-
 def build_models(tok_cfg):
   """(tokenizer, discriminator or None) from the tokenizer config section."""
   model = tokenizer_lib.tokenizer_from_config(tok_cfg)
@@ -254,7 +249,7 @@ def make_train_step(model, disc, tok_cfg, perceptual=None):
 def make_task(config) -> loop_lib.Task:
   """The loop `Task` for `config` (needs sections `tokenizer`, `data`, and `seed`)."""
   tok_cfg = config.tokenizer
-  height, width = image_shape(config)
+  height, width = workdir_lib.image_hw(config.data)
   model, disc = build_models(tok_cfg)
   f = model.downsample_factor
   if height % f or width % f:

@@ -32,15 +32,6 @@ def all_steps(directory: str) -> list[int]:
     return sorted(mgr.all_steps(), reverse=True)
 
 
-def latest_step(directory: str) -> int | None:
-  """The latest complete checkpoint step under `directory` (None if there is none)."""
-  directory = os.path.abspath(directory)
-  if not os.path.isdir(directory):
-    return None
-  with ocp.CheckpointManager(directory) as mgr:
-    return mgr.latest_step()
-
-
 def is_mismatch(error: BaseException) -> bool:
   """Whether a restore failed because the arrays do not fit the requested ones (a checkpoint of
   another config), as opposed to an unreadable checkpoint (truncated or missing files)."""

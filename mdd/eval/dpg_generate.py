@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 from mdd.eval import dpg_layout
+from mdd.inference import generator as generators
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -27,12 +28,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = parser.parse_args(argv)
   try:
     dpg_layout.read_prompt_files(args.prompts_dir)
-    from mdd.inference import generator as generators  # pylint: disable=g-import-not-at-top
-  except ValueError as e:
+    generate_fn = generators.model_generate_fn(args.workdir)
+  except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
-  except ImportError as e:
-    sys.exit(f"error: DPG generation needs mdd.inference.generator.model_generate_fn ({e})")
-  generate_fn = generators.model_generate_fn(args.workdir)
   paths = dpg_layout.generate_grids(generate_fn, args.prompts_dir, args.outdir,
                                     args.batch_size, args.seed)
   print(f"wrote {len(paths)} grids to {args.outdir}")

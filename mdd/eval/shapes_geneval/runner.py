@@ -128,12 +128,8 @@ def load_generator(name: str, workdir: str | None, metadata: Sequence[dict],
     fn.fingerprint = {"generator": name, "resolution": resolution}
     return fn
   if name == "model":
-    try:
-      from mdd.inference import generator as generators  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      # The CLI turns ValueError into a one-line error; a traceback would hide what is missing.
-      raise ValueError(f"--generator=model needs mdd.inference.generator.model_generate_fn, "
-                       f"which is not available ({e})") from e
+    # Imported here so that scoring layouts needs numpy only.
+    from mdd.inference import generator as generators  # pylint: disable=g-import-not-at-top
     if not workdir:
       raise ValueError("--generator=model needs --workdir with a trained checkpoint")
     return generators.model_generate_fn(workdir)
@@ -242,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     prompts = load_prompts("main") + load_prompts("heldout")
     try:
       generate_fn = load_generator(args.generator, args.workdir, prompts, args.resolution)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
       sys.exit(f"error: {e}")
     result = run(generate_fn, args.workdir, args.images_per_prompt, args.which,
                  args.batch_size, args.seed, generator_name=args.generator)

@@ -115,7 +115,9 @@ def jit_train_step(task: Task, state_shardings, step_rng: jax.Array):
     checks += [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(new_state)
                if jnp.issubdtype(leaf.dtype, jnp.floating)]
     finite = jnp.all(jnp.stack(checks))
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    # A conditional, not an elementwise select over every leaf: with the select, XLA's CPU
+    # compile of the tokenizer step took 320 s instead of 10 s.
+    new_state = jax.lax.cond(finite, lambda: new_state, lambda: state)
     return new_state, dict(metrics, nonfinite=(~finite).astype(jnp.float32))
 
   return jax.jit(step_fn, in_shardings=(state_shardings, None, None),

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import tempfile
 import time
 from typing import Any, Callable, Iterator, Sequence
@@ -52,29 +51,6 @@ def _timed(fn: Callable[[], Any], repeats: int) -> float:
   for _ in range(repeats):
     fn()
   return (time.perf_counter() - start) / repeats
-
-
-def _profile(step: Callable[[int], Any], steps: int) -> dict:
-  """Device ms per step and the top kernels, from a profiler trace of `steps` steps."""
-  import jax  # pylint: disable=import-outside-toplevel
-  with tempfile.TemporaryDirectory() as trace_dir:
-    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-      for k in range(steps):
-        out = step(k)
-      jax.block_until_ready(out)
-    per_step = {name: ms / steps for name, ms in
-                profiling.trace_kernel_times(trace_dir).items()}
-  top = sorted(per_step.items(), key=lambda kv: -kv[1])[:20]
-  # Kinds: names without their instance number (`loop_add_fusion_13`, `ynn_fusion.387`); on CPU
-  # hundreds of small ops share a kind, and the kinds are what says where time goes.
-  kinds: dict[str, float] = {}
-  for name, ms in per_step.items():
-    kind = re.sub(r"[._]\d+$", "", name)
-    kinds[kind] = kinds.get(kind, 0.0) + ms
-  top_kinds = sorted(kinds.items(), key=lambda kv: -kv[1])[:12]
-  return {"device_ms_per_step": sum(per_step.values()),
-          "kernels": [{"name": name[:160], "ms": ms} for name, ms in top],
-          "kinds": [{"kind": kind[:160], "ms": ms} for kind, ms in top_kinds]}
 
 
 def _measure_task(task, mesh, rules, host_batches: Iterator[dict], steps: int,
@@ -114,7 +90,7 @@ def _measure_task(task, mesh, rules, host_batches: Iterator[dict], steps: int,
         holder[0], metrics = step(holder[0], batch, np.int32(k))
         return metrics
 
-      out["profile"] = _profile(one, steps)
+      out["profile"] = profiling.profile_steps(one, steps)
   out["steps_per_s"] = 1e3 / out["loop_ms"]
   out["batch_size"] = int(next(iter(next(host_batches).values())).shape[0])
   return out

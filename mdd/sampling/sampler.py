@@ -129,7 +129,7 @@ def top_count_mask(score: jax.Array, count: jax.Array) -> jax.Array:
 # The sampler.
 
 
-def _model_logits(logits_fn, context, tokens, step, progress, guidance, config):
+def model_logits(logits_fn, context, tokens, step, progress, guidance, config):
   """Runs the model (with CFG rows when guidance is on); returns float32 [B, L, V]."""
   batch = tokens.shape[0]
   mask_ratio = jnp.mean(tokens == config.mask_id, axis=-1, dtype=jnp.float32)
@@ -174,7 +174,7 @@ def _sample_step(state: SamplerState, xs: dict, *, logits_fn, context, config: S
   batch, length = tokens.shape
   masked = tokens == mask_id
 
-  logits = _model_logits(logits_fn, context, tokens, xs["step"], xs["progress"],
+  logits = model_logits(logits_fn, context, tokens, xs["step"], xs["progress"],
                          xs["guidance"], config)
   if logits.shape[-1] > mask_id:
     # Ids from mask_id up are not codebook entries: never propose them.

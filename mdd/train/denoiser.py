@@ -36,7 +36,7 @@ from mdd.utils import sharding
 # The Task.
 
 
-def _optim_config(train_cfg) -> ml_collections.ConfigDict:
+def optim_config(train_cfg) -> ml_collections.ConfigDict:
   optim = ml_collections.ConfigDict(train_cfg.optim.to_dict())
   optim.num_steps = int(train_cfg.num_steps)
   return optim
@@ -98,7 +98,7 @@ def make_task(config, system: system_lib.DenoiserSystem,
   maps uint8 images [B, H, W, 3] to token ids [B, h, w]) and `text_ids`/`text_len`.
   """
   train_cfg = config.denoiser_train
-  tx = state_lib.make_optimizer(_optim_config(train_cfg))
+  tx = state_lib.make_optimizer(optim_config(train_cfg))
   ema_decay = float(train_cfg.get("ema_decay", 0.0))
 
   def prepare(batch):

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The GPU benchmarks behind docs/benchmarks.md ("Train step and sampler"), in the order the
+# lent GPU's time allows. Each part writes its JSON to $OUT (default: benchmarks/) after every
+# row, so a part cut short by its time limit keeps what it measured.
+#
+#   bash benchmarks/gpu_suite.sh train     # train-step MFU: 1B at 1024 tokens (pallas vs chunked,
+#                                          # profiled), then B / XL / 1B at 256 and 1024 tokens
+#   bash benchmarks/gpu_suite.sh sampler   # sampler images/s and loop overhead (B, 256/1024 tokens)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-benchmarks}"
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.draw --format=csv || true
+case "${1:-train}" in
+  train)
+    timeout 220 python -m mdd.bench.train_step --variants=1B --grids=32 --impls=pallas,chunked \
+        --profile --out="$OUT/train_step_1b.json"
+    timeout 250 python -m mdd.bench.train_step --variants=B,XL --grids=16,32 --impls=pallas \
+        --out="$OUT/train_step_b_xl.json"
+    timeout 110 python -m mdd.bench.train_step --variants=1B --grids=16 --impls=pallas \
+        --out="$OUT/train_step_1b_256.json"
+    ;;
+  sampler)
+    timeout 420 python -m mdd.bench.sampler --variant=B --grids=16,32 --steps=8,16,32 \
+        --batches=1,8,32 --out="$OUT/sampler.json"
+    ;;
+  *) echo "usage: $0 train|sampler" >&2; exit 2 ;;
+esac

@@ -1,0 +1,53 @@
+"""The GPU benchmark scripts run end to end at toy size on the CPU and report consistent rows."""
+
+import json
+
+import numpy as np
+
+from mdd.bench import sampler as sampler_bench
+from mdd.bench import train_step as train_step_bench
+
+
+def test_train_step_rows_and_mfu(tmp_path):
+  out = tmp_path / "ts.json"
+  payload = train_step_bench.main([
+      "--variants=mu", "--grids=4", "--impls=chunked", "--vocab=256", "--tokens_per_step=32",
+      "--text_len=8", "--attention=", "--steps=1", "--windows=1", "--profile",
+      f"--out={out}"])
+  assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(payload["rows"]))
+  (row,) = payload["rows"]
+  assert "error" not in row, row
+  assert row["batch"] == 2 and row["tokens"] == 16 and np.isfinite(row["last_loss"])
+  step_s = row["step_ms"] / 1e3
+  np.testing.assert_allclose(row["achieved_tflops"], row["model_tflop_per_step"] / step_s)
+  np.testing.assert_allclose(row["mfu_gemm"] * payload["measured_gemm_tflops"],
+                             row["achieved_tflops"])
+  assert row["mfu_datasheet"] is None  # No datasheet rate for a CPU.
+  assert row["profile"]["device_ms_per_step"] > 0 and row["profile"]["categories"]
+
+
+def test_train_step_reports_a_failing_row_and_goes_on():
+  payload = train_step_bench.main([
+      "--variants=nope,mu", "--grids=4", "--impls=chunked", "--vocab=256",
+      "--tokens_per_step=16", "--text_len=8", "--attention=", "--steps=1", "--windows=1",
+      "--remat=0"])
+  bad, good = payload["rows"]
+  assert "unknown denoiser variant" in bad["error"] and "error" not in good
+
+
+def test_datasheet_peak():
+  assert train_step_bench.datasheet_peak("NVIDIA H200") == 989.4e12
+  assert train_step_bench.datasheet_peak("NVIDIA H100 80GB HBM3") == 989.4e12
+  assert train_step_bench.datasheet_peak("cpu") is None
+
+
+def test_sampler_rows_and_overhead(tmp_path):
+  payload = sampler_bench.main([
+      "--variant=mu", "--vocab=256", "--grids=4", "--steps=2,3", "--batches=1,2",
+      "--attention=", "--repeats=1", "--text_len=16", f"--out={tmp_path / 's.json'}"])
+  rows = payload["rows"]
+  assert [(r["batch"], r["steps"]) for r in rows] == [(2, 2), (2, 3), (1, 3)]
+  for r in rows:
+    assert "error" not in r, r
+    calls = r["steps"] + r["edit_passes"]
+    np.testing.assert_allclose(r["overhead"], r["sample_ms"] / (calls * r["forward_ms"]))

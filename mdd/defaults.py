@@ -288,12 +288,16 @@ def eval_config() -> ml_collections.ConfigDict:
   c.shapes_geneval.images_per_prompt = 4   # GenEval's 4 samples per prompt
   c.shapes_geneval.batch_size = 64         # (prompt, seed) pairs per generate_fn call
   c.shapes_geneval.seed = 0
-  # Detector thresholds (ScorerSettings): calibrated on renders, reconstructions and noise.
+  # Detector thresholds (ScorerSettings; their meaning is in its docstring): calibrated on
+  # renders, corrupted renders, confetti, mosaics and attribute-swapped renders.
   c.shapes_geneval.coverage_threshold = 0.5
-  c.shapes_geneval.min_area_fraction = 0.01815  # 3/4 of the smallest ShapeGen object / side^2
+  c.shapes_geneval.min_size_fraction = 0.75  # of the smallest object side ShapeGen draws
   c.shapes_geneval.min_confidence = 0.7
   c.shapes_geneval.counting_min_confidence = 0.75
   c.shapes_geneval.position_margin = 0.1
+  c.shapes_geneval.min_purity = 0.8
+  c.shapes_geneval.min_isolation = 0.8
+  c.shapes_geneval.denoise_above = 6.0
 
   # Real GenEval / DPG-Bench: only write the layouts (their scorers run elsewhere).
   c.geneval = ml_collections.ConfigDict()
@@ -333,6 +337,7 @@ def sample_config() -> ml_collections.ConfigDict:
   c.edit_box = ""         # "top,left,bottom,right" pixels to regenerate
   c.edit_mask = ""        # PATH of a mask image (white = regenerate)
   c.outpaint = ""         # "top,bottom,left,right" pixels added around the image
+  c.canvas = ""           # "height,width" pixels to generate at ("" = the training size)
   return c
 
 

@@ -257,7 +257,7 @@ def test_noise_scores_near_zero():
   rng = np.random.default_rng(0)
   prompts = prompt_set.load_prompts("main")
   cases = [(_random_token_mosaic(rng), prompts[i]) for i in range(0, len(prompts), 2)]
-  first = sg.ScorerSettings(min_area_fraction=0.008, min_confidence=0.5,
+  first = sg.ScorerSettings(min_size_fraction=0.575, min_confidence=0.5,
                             counting_min_confidence=0.6)
 
   def overall(settings):
@@ -329,6 +329,7 @@ def test_run_writes_json_with_heldout(tmp_path, monkeypatch):
   assert stored["overall"] == 1.0 and set(stored["tags"]) == set(palette.TAGS)
   assert stored["num_images"] == 2 * 6 and max(calls) <= 4
   assert stored["scorer"] == dataclasses.asdict(sg.ScorerSettings())  # numbers name their scorer
+  assert stored["scorer_version"] == sg.SCORER_VERSION == "v3"
   assert stored["heldout"]["num_images"] == 2 * 3
   assert set(stored["heldout"]["tags"]) == {"colors", "position", "color_attr"}
   assert "ShapeGenEval heldout" in stored["markdown"]

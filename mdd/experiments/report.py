@@ -319,7 +319,8 @@ HEADER = (
     "(`mdd/experiments/report.py`). Why each setting is what it is: "
     "[`decisions.md`](decisions.md); kernel and step timings: [`benchmarks.md`](benchmarks.md); "
     "the dated lab notes these numbers came out of: [`notebook/`](notebook/). ShapeGenEval "
-    "numbers are the v2 scorer's unless marked v1.")
+    "numbers are the v2 scorer's unless marked v1 (the current scorer is v3: "
+    "[`architecture.md`](architecture.md), \"Evaluation\"; these runs are not re-scored yet).")
 
 
 def current_results_table(rows: Sequence[Headline] = CURRENT_RESULTS) -> str:

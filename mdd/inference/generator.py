@@ -67,7 +67,8 @@ class Generator:
   def generate(self, prompts: list[str], seeds: list[int] | np.ndarray, *, tokens=None,
                fixed=None, sampler_cfg: sampler_lib.SamplerConfig | None = None,
                decode: bool = True, pad_to: int | None = None) -> dict[str, Any]:
-    """Samples one image per prompt; `tokens` (with mask ids) turns it into inpainting.
+    """Samples one image per prompt; `tokens` [B, h, w] (with mask ids) turns it into
+    inpainting or outpainting, on their own grid (default: the training grid, all masked).
 
     `pad_to` runs a batch of that many rows (the last row repeated) and returns the first
     `len(prompts)`: every call then has one shape and reuses one compiled sampler. Rows are
@@ -79,9 +80,11 @@ class Generator:
     if pad_to is not None and pad_to < n:
       raise ValueError(f"pad_to={pad_to} is smaller than the batch of {n} prompts")
     cfg = sampler_cfg or self.sampler_config()
-    logits_fn = _cached_logits_fn(self.system, self.config, self.grid_shape)
     if tokens is None:
       tokens = jnp.full((n, *self.grid_shape), self.mask_id, jnp.int32)
+    # The model runs on any grid (2-D RoPE): an outpainting canvas or another canvas size
+    # gets the model function of its own grid.
+    logits_fn = _cached_logits_fn(self.system, self.config, tuple(np.shape(tokens)[1:]))
     prompts, seeds = list(prompts), np.asarray(seeds)
     tokens = jnp.asarray(tokens, jnp.int32)
     extra = (pad_to or n) - n

@@ -7,7 +7,9 @@ with seeds `seed_offset + i`; a sample's seed alone decides it (not its batch).
 Editing without fine-tuning: with `config.sample.edit_image=PATH` the image is tokenized and a
 region regenerated for the prompt: `edit_box="top,left,bottom,right"` (pixels) or
 `edit_mask=PATH` (white = regenerate) for inpainting, `outpaint="top,bottom,left,right"`
-(pixels, multiples of the tokenizer's factor) to extend the canvas.
+(pixels, multiples of the tokenizer's factor) to extend the canvas. Without an image,
+`canvas="height,width"` (pixels) generates at another size than the training images (the
+denoiser's 2-D RoPE takes any grid; quality away from the trained sizes is the model's).
 """
 
 from __future__ import annotations
@@ -75,16 +77,40 @@ def _load_image(path: str, hw: tuple[int, int]) -> np.ndarray:
     raise ValueError(f"sample.edit_image {path} is not a readable image: {e}") from None
 
 
+def canvas_grid(gen: generation.Generator, sample_cfg) -> tuple[int, int]:
+  """The token grid of `sample.canvas` ("height,width" pixels; "" = the training size)."""
+  f = int(gen.tokenizer.downsample_factor)
+  if not sample_cfg.get("canvas"):
+    return gen.grid_shape
+  height, width = _ints(sample_cfg.canvas, 2, "canvas")
+  p = int(gen.system.denoiser.patch_size)
+  if min(height, width) <= 0 or height % (f * p) or width % (f * p):
+    raise ValueError(f"sample.canvas={sample_cfg.canvas!r}: height and width must be positive "
+                     f"multiples of {f * p} (tokenizer factor {f} x patch size {p})")
+  return height // f, width // f
+
+
 def _edit_setup(gen: generation.Generator, sample_cfg, count: int):
   """An `EditSetup` for the configured edit, repeated `count` times, or None."""
   if not sample_cfg.get("edit_image"):
+    given = [k for k in ("edit_box", "edit_mask", "outpaint") if sample_cfg.get(k)]
+    if given:
+      raise ValueError(f"sample.{given[0]} is set but sample.edit_image is not: name the "
+                       "image to edit")
     return None
+  if sample_cfg.get("canvas"):
+    raise ValueError("sample.canvas applies to generation; with sample.edit_image the canvas "
+                     "is the image (extend it with sample.outpaint)")
   hw = workdir_lib.image_hw(gen.config.data)
   image = _load_image(sample_cfg.edit_image, hw)
   images = np.repeat(image[None], count, axis=0)
   f = int(gen.tokenizer.downsample_factor)
   if sample_cfg.get("outpaint"):
     pad = _ints(sample_cfg.outpaint, 4, "outpaint")
+    p = int(gen.system.denoiser.patch_size)
+    if any(v % (f * p) for v in pad):
+      raise ValueError(f"sample.outpaint={sample_cfg.outpaint!r}: each side must be a "
+                       f"multiple of {f * p} pixels (tokenizer factor {f} x patch size {p})")
     return editing.prepare_outpainting(images, pad, gen.encode, f, gen.mask_id)
   if sample_cfg.get("edit_mask"):
     mask = np.asarray(Image.open(sample_cfg.edit_mask).convert("L").resize(
@@ -107,7 +133,6 @@ def run(config, workdir: str):
   all_prompts = [p for p in prompts for _ in range(per_prompt)]
   seeds = [int(sample_cfg.get("seed_offset", 0)) + i for i in range(len(all_prompts))]
   out_dir = workdir_lib.Workdir(workdir).samples_dir(sample_cfg.get("outdir", "samples"))
-  os.makedirs(out_dir, exist_ok=True)
   batch_size = int(sample_cfg.get("batch_size", 16))
   # What the samples depend on (checkpoint step, sampler, this section): a re-run that finds
   # the same record (the pipeline resuming after a kill) keeps them instead of re-drawing.
@@ -119,13 +144,16 @@ def run(config, workdir: str):
           f"delete {done_path} to draw them again", flush=True)
     return None
   setup = _edit_setup(gen, sample_cfg, len(all_prompts))
+  grid = canvas_grid(gen, sample_cfg)
+  os.makedirs(out_dir, exist_ok=True)
 
   images, first = [], None
   for start in tqdm(range(0, len(all_prompts), batch_size), desc="sampling", unit="batch"):
     stop = min(start + batch_size, len(all_prompts))
-    kwargs = {}
     if setup is not None:
       kwargs = dict(tokens=setup.tokens[start:stop], fixed=setup.fixed[start:stop])
+    else:
+      kwargs = dict(tokens=np.full((stop - start, *grid), gen.mask_id, np.int32))
     # Every batch at batch_size rows: one compiled sampler (the eval stage's too when their
     # batch sizes agree, as configs/shapes_gpu.py sets them).
     result = gen.generate(all_prompts[start:stop], seeds[start:stop], pad_to=batch_size,

@@ -7,6 +7,10 @@ to `pallas_kernels.gce.fused_gce` (GCE as defined in docs/architecture.md: `soft
          chunked  pure JAX `custom_vjp` over token chunks (O(chunk V) memory);
          pallas   the fused kernel of the backend (`pallas_gpu` / `pallas_tpu`);
          auto     the kernel's own choice (the Pallas kernel on GPU/TPU, chunked on CPU).
+Under a device mesh (`jax.set_mesh`, or the `with mesh:` of the train loop) the fused paths run
+through `pallas_kernels.gce.sharded` (`shard_map`): the head is split along V over the mesh
+axes of the `vocab` logical rule (when they divide V, else replicated) and the rows over the
+`act_batch` axes plus every other axis, so no device idles and nothing N x V is gathered.
 Losses by name (`LOSSES`, `config.loss.type`): each maps the tokenizer's neighbour table to the
 table the fused kernel runs with. `ce` is GCE with the trivial K=1 table (each code is its own
 group), which the definition reduces to plain cross-entropy; `gce` uses the table as it is.
@@ -18,8 +22,10 @@ Metrics need argmax over V: `chunked_argmax` scans token chunks so nothing `N x 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -48,6 +54,56 @@ def _fused_gce():
   except ImportError as e:
     raise ImportError("mdd.objectives.losses needs pallas_kernels.gce.api.fused_gce") from e
   return fused_gce
+
+
+def _sharded_gce():
+  from pallas_kernels.gce import sharded_fused_gce  # pylint: disable=import-outside-toplevel
+  return sharded_fused_gce
+
+
+def _active_mesh():
+  """The mesh of the enclosing context, or None.
+
+  `jax.set_mesh` sets the abstract mesh; the legacy `with mesh:` (mdd/train/loop.py) only sets
+  JAX's physical-mesh context, which has no public getter, hence the private read.
+  """
+  abstract = jax.sharding.get_abstract_mesh()
+  if not abstract.empty:
+    return abstract
+  try:
+    from jax._src import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+    physical = mesh_lib.thread_resources.env.physical_mesh
+  except (ImportError, AttributeError):  # A JAX without it: the unsharded path, still correct.
+    return None
+  return None if physical.empty else physical
+
+
+def _mesh_axes(rules: dict, name: str, mesh) -> tuple[str, ...]:
+  """The mesh axes (of size > 1) that logical axis `name` maps to under `rules`."""
+  axes = rules.get(name)
+  axes = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+  return tuple(a for a in axes if a in mesh.shape and mesh.shape[a] > 1)
+
+
+def gce_layout(mesh, vocab: int) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+  """(row_axes, vocab_axes) for the sharded GCE on `mesh`, or None for one device.
+
+  The vocabulary follows the `vocab` logical rule (the head's own sharding) when its axes divide
+  V; the rows take the `act_batch` axes (the hidden states' sharding) first, then every other
+  axis of size > 1, so each device gets a distinct block of rows x vocabulary.
+  """
+  if mesh is None or mesh.size == 1:
+    return None
+  if any(t == jax.sharding.AxisType.Manual for t in getattr(mesh, "axis_types", ())):
+    return None  # Already inside a shard_map: run the kernel on the local block as it is.
+  rules = dict(nn.get_logical_axis_rules())
+  vocab_axes = _mesh_axes(rules, "vocab", mesh)
+  if vocab % max(1, math.prod(mesh.shape[a] for a in vocab_axes)):
+    vocab_axes = ()
+  batch_axes = [a for a in _mesh_axes(rules, "act_batch", mesh) if a not in vocab_axes]
+  others = [a for a in mesh.axis_names
+            if mesh.shape[a] > 1 and a not in vocab_axes and a not in batch_axes]
+  return tuple(batch_axes + others), vocab_axes
 
 
 def identity_table(vocab_size: int) -> tuple[jax.Array, jax.Array]:
@@ -88,7 +144,8 @@ def token_loss(hidden: jax.Array, head_w: jax.Array, labels: jax.Array,
                neighbours: jax.Array | None = None,
                neighbour_weights: jax.Array | None = None, *, loss_type: str = "gce",
                mode: str = "soft", ce_mix: float = 0.0, valid: jax.Array | None = None,
-               impl: str = "auto", interpret: bool = False, **block_sizes) -> jax.Array:
+               impl: str = "auto", interpret: bool = False, mesh=None,
+               **block_sizes) -> jax.Array:
   """Per-token loss, float32 with the shape of `labels`.
 
   Args:
@@ -97,6 +154,7 @@ def token_loss(hidden: jax.Array, head_w: jax.Array, labels: jax.Array,
     neighbours, neighbour_weights: [V, K] GCE table (ignored for loss_type="ce").
     loss_type: a name in `LOSSES`; mode: "soft" | "marginal"; ce_mix: weight of plain CE.
     impl: "auto" | "xla" | "chunked" | "pallas" (see module docstring).
+    mesh: the device mesh for the fused paths; None: the enclosing mesh context, if any.
   """
   if loss_type not in LOSSES:
     raise ValueError(f"loss_type={loss_type!r}: choose one of {sorted(LOSSES)}")
@@ -112,10 +170,18 @@ def token_loss(hidden: jax.Array, head_w: jax.Array, labels: jax.Array,
       neighbours, neighbour_weights, head_w.shape[0], mode, ce_mix)
   x = hidden.reshape(-1, hidden.shape[-1])
   flat_valid = None if valid is None else valid.reshape(-1).astype(bool)
-  loss = _fused_gce()(x, head_w.astype(x.dtype), labels.reshape(-1).astype(jnp.int32),
-                      neighbours.astype(jnp.int32), neighbour_weights.astype(jnp.float32),
-                      mode=mode, ce_mix=float(ce_mix), valid=flat_valid,
-                      impl=_kernel_impl(impl), interpret=interpret, **block_sizes)
+  kernel_impl = _kernel_impl(impl)
+  args = (x, head_w.astype(x.dtype), labels.reshape(-1).astype(jnp.int32),
+          neighbours.astype(jnp.int32), neighbour_weights.astype(jnp.float32))
+  kwargs = dict(mode=mode, ce_mix=float(ce_mix), valid=flat_valid, impl=kernel_impl,
+                interpret=interpret, **block_sizes)
+  mesh = _active_mesh() if mesh is None else mesh
+  layout = gce_layout(mesh, head_w.shape[0]) if kernel_impl != "xla" else None
+  if layout is None:
+    loss = _fused_gce()(*args, **kwargs)
+  else:
+    row_axes, vocab_axes = layout
+    loss = _sharded_gce()(*args, mesh=mesh, row_axes=row_axes, vocab_axes=vocab_axes, **kwargs)
   return loss.reshape(labels.shape)
 
 

@@ -206,3 +206,32 @@ def test_sample_cli_inpaints_a_box_and_keeps_the_rest(trained, tmp_path):
   outside = np.ones((32, 32), bool)
   outside[8:24, 8:24] = False  # the box is token-aligned (f=4), so nothing else may change
   np.testing.assert_array_equal(edited[outside], source[outside])
+
+
+def test_sample_cli_outpaints_and_generates_on_another_canvas(trained, tmp_path):
+  from mdd.data import shapes  # pylint: disable=import-outside-toplevel
+  workdir, _ = trained
+  source = shapes.generate_example(seed=0, index=5, split="validation", resolution=32)["image"]
+  path = str(tmp_path / "input.png")
+  Image.fromarray(source).save(path)
+  result = _main(workdir, "--config.mode=sample", f"--config.sample.edit_image={path}",
+                 "--config.sample.outpaint=0,8,0,16", "--config.sample.outdir=outpainted",
+                 "--config.sample.prompts=a photo of a red circle",
+                 "--config.sample.num_per_prompt=2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  pngs = sorted(p for p in os.listdir(os.path.join(workdir, "outpainted")) if p[:4].isdigit())
+  assert len(pngs) == 2
+  for png in pngs:
+    out = np.asarray(Image.open(os.path.join(workdir, "outpainted", png)))
+    assert out.shape == (40, 48, 3)
+    np.testing.assert_array_equal(out[:32, :32], source)  # the original stays where it was
+  result = _main(workdir, "--config.mode=sample", "--config.sample.canvas=16,48",
+                 "--config.sample.outdir=wide", "--config.sample.prompts=a photo of a square",
+                 "--config.sample.num_per_prompt=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  (png,) = [p for p in os.listdir(os.path.join(workdir, "wide")) if p[:4].isdigit()]
+  assert np.asarray(Image.open(os.path.join(workdir, "wide", png))).shape == (16, 48, 3)
+  for bad, message in (("--config.sample.outpaint=0,0,0,8", "sample.edit_image is not"),
+                       ("--config.sample.canvas=30,32", "positive multiples of 8")):
+    result = _main(workdir, "--config.mode=sample", bad, "--config.sample.outdir=bad")
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]

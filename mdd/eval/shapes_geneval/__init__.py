@@ -1,7 +1,8 @@
 """ShapeGenEval: GenEval's rules over ShapeGen's shapes and colours, scored offline.
 
   detector.py  `detect_objects`: a deterministic detector for ShapeGen pictures (palette colour
-               unmixing, template fitting; the thresholds are `ScorerSettings`)
+               unmixing, colour segmentation, template fitting, solidity tests; the thresholds
+               are `ScorerSettings`, the version every result records `SCORER_VERSION`)
   rules.py     `score_image`: GenEval's rules (its `evaluate_images.py`) over those detections
   runner.py    `score_layout` and `run`: GenEval's output layout generated, scored and written to
                `workdir/eval/shapes_geneval.json`; the reference generators; the CLI
@@ -21,7 +22,8 @@ for the references, shapes_geneval_layout.json for a scored layout; none overwri
 """
 
 from mdd.data.prompts import PROMPT_SETS, load_prompts, read_metadata_file
-from mdd.eval.shapes_geneval.detector import Detection, ScorerSettings, detect_objects
+from mdd.eval.shapes_geneval.detector import (SCORER_VERSION, Detection, ScorerSettings,
+                                              detect_objects, min_object_side)
 from mdd.eval.shapes_geneval.rules import evaluate_detections, relative_position, score_image
 from mdd.eval.shapes_geneval.runner import (GenerateFn, evaluate, groundtruth_generate_fn,
                                             load_generator, main, markdown_table, run,
@@ -29,8 +31,9 @@ from mdd.eval.shapes_geneval.runner import (GenerateFn, evaluate, groundtruth_ge
                                             tokenizer_roundtrip)
 
 __all__ = [
-    "PROMPT_SETS", "load_prompts", "read_metadata_file", "Detection", "ScorerSettings",
-    "detect_objects", "evaluate_detections", "relative_position", "score_image", "GenerateFn",
+    "PROMPT_SETS", "load_prompts", "read_metadata_file", "SCORER_VERSION", "Detection",
+    "ScorerSettings", "detect_objects", "min_object_side", "evaluate_detections",
+    "relative_position", "score_image", "GenerateFn",
     "evaluate", "groundtruth_generate_fn", "load_generator", "main", "markdown_table", "run",
     "run_from_config", "score_layout", "settings_from_config", "tokenizer_roundtrip",
 ]

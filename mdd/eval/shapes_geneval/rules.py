@@ -4,7 +4,8 @@ Includes are ANDed, excludes ORed; the top-`count` most confident objects of a c
 for colour (all must match) and position; "exactly N" is include N + exclude N+1; positions
 compare box centres after shrinking the offset by 0.1 x (sum of both boxes' sides) per axis, and
 a relation holds when the shrunk offset divided by the raw offset's length is beyond 0.5 along its
-axis. Counting uses a stricter confidence threshold, as GenEval does.
+axis. Counting uses a stricter confidence threshold, as GenEval does. Detections that are not a
+single solid object (`Detection.solid`) get no credit, for including and for excluding alike.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def evaluate_detections(detections: Sequence[Detection], metadata: dict,
                else settings.min_confidence)
   by_class: dict[str, list[Detection]] = {}
   for det in detections:
-    if det.confidence >= threshold:
+    if det.solid and det.confidence >= threshold:
       by_class.setdefault(det.shape, []).append(det)
   correct, reasons, matched_groups = True, [], []
   for req in metadata.get("include", []):

@@ -22,7 +22,7 @@ import numpy as np
 from mdd.data import palette
 from mdd.data import shapes
 from mdd.data.prompts import load_prompts
-from mdd.eval.shapes_geneval.detector import ScorerSettings
+from mdd.eval.shapes_geneval.detector import SCORER_VERSION, ScorerSettings
 from mdd.eval.shapes_geneval.rules import score_image
 from mdd.utils import fileio
 
@@ -34,8 +34,8 @@ def score_layout(outdir: str, settings: ScorerSettings = ScorerSettings(),
   """Scores a GenEval layout (`<05d>/metadata.jsonl` + `<05d>/samples/<04d>.png`).
 
   Returns {"overall", "tags": {tag: accuracy}, "num_images", "num_prompts",
-  "correct_prompts" (fraction of prompts with at least one correct image), "scorer" (the
-  settings), "markdown"}; writes
+  "correct_prompts" (fraction of prompts with at least one correct image), "scorer_version",
+  "scorer" (the settings), "markdown"}; writes
   GenEval-style per-image results to `outdir/results_file` unless it is None.
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -64,7 +64,8 @@ def score_layout(outdir: str, settings: ScorerSettings = ScorerSettings(),
   summary = {"overall": float(np.mean(list(tags.values()))), "tags": tags,
              "num_images": len(records), "num_prompts": len(entries),
              "correct_prompts": float(np.mean(prompt_ok)),
-             "scorer": dataclasses.asdict(settings)}  # which thresholds made these numbers
+             # Which scorer and thresholds made these numbers.
+             "scorer_version": SCORER_VERSION, "scorer": dataclasses.asdict(settings)}
   summary["markdown"] = markdown_table(summary)
   if results_file:
     with open(os.path.join(outdir, results_file), "w") as f:
@@ -144,9 +145,18 @@ def tokenizer_roundtrip(workdir: str) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def settings_from_config(cfg) -> ScorerSettings:
-  """ScorerSettings from a config section with the fields of `mdd.defaults.eval_config`."""
-  return ScorerSettings(**{f.name: float(cfg[f.name]) for f in dataclasses.fields(ScorerSettings)
-                           if f.name in cfg})
+  """ScorerSettings from a config section with the fields of `mdd.defaults.eval_config`; a
+  field that is neither a scorer threshold nor a run setting is an error, not ignored."""
+  fields = {f.name for f in dataclasses.fields(ScorerSettings)}
+  unknown = sorted(set(cfg) - fields - set(RUN_FIELDS))
+  if unknown:
+    raise ValueError(f"eval.shapes_geneval: unknown fields {unknown}; scorer thresholds are "
+                     f"{sorted(fields)}")
+  return ScorerSettings(**{name: float(cfg[name]) for name in fields if name in cfg})
+
+
+# The section's fields that are not scorer thresholds.
+RUN_FIELDS = ("which", "images_per_prompt", "batch_size", "seed")
 
 
 def run(generate_fn: GenerateFn, workdir: str, images_per_prompt: int = 4,

@@ -15,6 +15,7 @@ Sections and their readers:
   sampler                mdd.sampling.config.SamplerConfig (defaults from the dataclass)
   sample                 mdd.inference.sample (the sample stage's prompts and outputs)
   eval                   mdd.eval.run (evaluations by name: mdd.eval.registry)
+  plan                   mdd.plan (the memory plan of --config.mode=plan)
 """
 
 from __future__ import annotations
@@ -273,6 +274,7 @@ def denoiser_train_config() -> ml_collections.ConfigDict:
   c.nonfinite = "stop"       # a NaN/Inf step: stop (no save) | skip the update
   c.tensorboard = True
   c.eval_batches = 4         # held-out batches in the final evaluation
+  c.init_from = ""           # another run's workdir: copy its tokenizer, start from its weights
   return c
 
 
@@ -341,10 +343,19 @@ def sample_config() -> ml_collections.ConfigDict:
   return c
 
 
+def plan_config() -> ml_collections.ConfigDict:
+  """`--config.mode=plan` (mdd/plan.py): the train step's memory per device, before a run."""
+  c = ml_collections.ConfigDict()
+  c.device_memory_gb = 0.0  # GiB per device to fit; 0 = the backend's bytes_limit (CPU: none)
+  c.compile = True          # also compile the step for XLA's memory analysis (no allocation)
+  c.tokenizer = True        # also report the tokenizer stage's state
+  return c
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every section with its defaults: the start of every experiment config."""
   c = ml_collections.ConfigDict()
-  c.mode = "pipeline"  # pipeline | train_tokenizer | pretokenize | train | sample | eval
+  c.mode = "pipeline"  # pipeline | train_tokenizer | pretokenize | train | sample | eval | plan
   c.pipeline_stages = "train_tokenizer,pretokenize,train,sample,eval"  # what pipeline runs
   c.seed = 0
   c.distributed = False  # jax.distributed.initialize() (also --distributed / MDD_DISTRIBUTED=1)
@@ -361,4 +372,5 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampler = sampler_config.default_config()
   c.sample = sample_config()
   c.eval = eval_config()
+  c.plan = plan_config()
   return c

@@ -4,7 +4,8 @@ train_tokenizer -> pretokenize -> train (the denoiser) -> sample -> eval. Each s
 function `run(config, workdir)` in the layer below, imported only when used (a stage's heavy
 dependencies never load for another). `--config.mode=pipeline` runs the stages listed in
 `config.pipeline_stages`, each resuming or skipping what is done, so `--config.mode=train` after
-a pipeline run continues exactly where the pipeline's denoiser stage stopped.
+a pipeline run continues exactly where the pipeline's denoiser stage stopped. `TOOLS` are
+modes that inspect a run without being a stage of it (`plan`: the train step's memory).
 """
 
 from __future__ import annotations
@@ -21,18 +22,24 @@ STAGES = {
     "sample": "mdd.inference.sample:run",
     "eval": "mdd.eval.run:run",
 }
+# Modes that inspect a run instead of being one of its stages (never part of a pipeline).
+TOOLS = {
+    "plan": "mdd.plan:run",  # per-device memory of the train step; refuses what cannot fit
+}
 PIPELINE = "pipeline"
-MODES = (PIPELINE, *STAGES)
+MODES = (PIPELINE, *STAGES, *TOOLS)
 
 # The config sections each stage reads (besides `seed`); `mdd.validate` checks they exist.
 SECTIONS = {
-    "train_tokenizer": ("mesh", "data", "tokenizer"),
+    "train_tokenizer": ("mesh", "data", "tokenizer", "denoiser_train"),
     "pretokenize": ("data", "tokenizer"),
     "train": ("mesh", "data", "denoiser", "text", "masking", "loss", "denoiser_train",
               "sampler"),
     "sample": ("data", "denoiser", "text", "masking", "loss", "denoiser_train", "sampler",
                "sample", "eval"),
     "eval": ("data", "denoiser", "text", "masking", "loss", "denoiser_train", "sampler", "eval"),
+    "plan": ("mesh", "data", "tokenizer", "denoiser", "text", "masking", "loss", "denoiser_train",
+             "plan"),
 }
 
 
@@ -45,9 +52,9 @@ def resolve_mode(mode: str):
   """The function that runs `mode` (`pipeline` or one stage)."""
   if mode == PIPELINE:
     return run_pipeline
-  if mode not in STAGES:
+  if mode not in STAGES and mode not in TOOLS:
     raise ValueError(f"config.mode={mode!r} is not one of {list(MODES)}")
-  module_name, fn_name = STAGES[mode].split(":")
+  module_name, fn_name = {**STAGES, **TOOLS}[mode].split(":")
   return getattr(importlib.import_module(module_name), fn_name)
 
 

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from mdd import stages
+from mdd import workdir as workdir_lib
 from mdd.data import sources
 from mdd.eval import registry as eval_registry
 from mdd.models import text as text_encoders
@@ -216,6 +217,8 @@ def validate(config) -> list[str]:
   _check_choice(config, "loss.impl", losses.IMPLS, problems)
   _check_choice(config, "text.kind", tuple(text_encoders.ENCODERS), problems)
   _check_sampler(config, problems)
+  _check_plan(config, problems)
+  _check_init_from(config, problems)
   if _get(config, "eval") is not None and "eval" in _stages_or_none(config):
     problems.extend(eval_registry.problems(config.eval))
   return problems
@@ -240,6 +243,29 @@ def _check_sections(config, problems: list[str]):
     if missing:
       problems.append(f"the {stage} stage reads config sections {missing}, which this config "
                       "lacks (start the config from mdd.defaults.base_config())")
+
+
+def _check_init_from(config, problems: list[str]):
+  """`denoiser_train.init_from` names a trained run, checked when a stage that reads it runs."""
+  init_from = _get(config, "denoiser_train.init_from")
+  if not init_from:
+    return
+  if not isinstance(init_from, str):
+    problems.append(f"denoiser_train.init_from={init_from!r}: must be a workdir path")
+    return
+  if not {"train_tokenizer", "train"} & set(_stages_or_none(config)):
+    return
+  problem = workdir_lib.Workdir(init_from).source_problem()
+  if problem:
+    problems.append(f"denoiser_train.init_from={init_from!r}: {problem}")
+
+
+def _check_plan(config, problems: list[str]):
+  """The `plan` section (mode=plan): a stated device memory is a finite number >= 0."""
+  value = _get(config, "plan.device_memory_gb")
+  if value is not None and (not _is_number(value) or value < 0):
+    problems.append(f"plan.device_memory_gb={value!r}: must be a finite number >= 0 (GiB per "
+                    "device; 0 = the backend's own limit)")
 
 
 def _check_choice(config, path: str, choices, problems: list[str]):

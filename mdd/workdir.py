@@ -6,6 +6,7 @@
   DIR/tokenizer/tokenizer_config.json the config the tokenizer was trained with
   DIR/tokenizer/neighbours.npz        the GCE neighbour table [V, K] + weights
   DIR/tokenizer/eval.json             its final evaluation (PSNR, SSIM, codebook usage)
+  DIR/tokenizer/copied_from.json      source run and step, when the tokenizer is another run's
   DIR/tokens/<split>/                 token shards (pretokenize)
   DIR/denoiser/checkpoints/           orbax checkpoints of the denoiser's train state
   DIR/denoiser/eval.json              its final evaluation (loss, masked accuracy, ...)
@@ -24,6 +25,7 @@ import dataclasses
 import errno
 import json
 import os
+import shutil
 import socket
 import time
 from typing import Any
@@ -33,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
 
 from mdd.data import loader
 from mdd.models import system as system_lib
@@ -46,6 +50,7 @@ DENOISER = "denoiser"
 RUN_CONFIG = "config.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 NEIGHBOURS = "neighbours.npz"
+COPIED_FROM = "copied_from.json"
 CHECKPOINTS = "checkpoints"
 LOCK = ".lock"
 
@@ -84,8 +89,16 @@ class Workdir:
     return os.path.join(self.tokenizer_dir, NEIGHBOURS)
 
   @property
+  def copied_from_file(self) -> str:
+    return os.path.join(self.tokenizer_dir, COPIED_FROM)
+
+  @property
   def denoiser_dir(self) -> str:
     return self.stage_dir(DENOISER)
+
+  def checkpoint_steps(self, stage: str) -> list[int]:
+    """Complete checkpoint steps of `stage`, newest first (empty when it has none)."""
+    return checkpoints.all_steps(self.checkpoints_dir(stage))
 
   def tokens_dir(self, split: str | None = None) -> str:
     tokens = os.path.join(self.root, "tokens")
@@ -213,6 +226,93 @@ class Workdir:
     _check_finite(params, f"the denoiser checkpoint (step {step}) in {self.denoiser_dir}")
     return params, step
 
+  # This run as the start of another (`denoiser_train.init_from` of that run).
+  def source_problem(self) -> str | None:
+    """Why this folder cannot start another run, in one line; None when it can (an mdd workdir
+    with an exported tokenizer and a denoiser checkpoint). Reads only the file system."""
+    if not os.path.isdir(self.root):
+      return f"{self.root} is not a folder"
+    if not os.path.exists(self.run_config_file):
+      return f"{self.root} is not an mdd workdir (it has no {RUN_CONFIG})"
+    # Step folders are listed, not asked of orbax: its manager starts JAX's backend, and the
+    # launcher validates before a multi-process job is joined.
+    if not _step_folders(self.checkpoints_dir(DENOISER)):
+      return (f"{self.root} has no denoiser checkpoint under {self.checkpoints_dir(DENOISER)} "
+              "(train that run first: --config.mode=train)")
+    if (not _step_folders(self.checkpoints_dir(TOKENIZER))
+        or not os.path.exists(self.tokenizer_config_file)
+        or not os.path.exists(self.neighbours_file)):
+      return (f"{self.root} has no exported tokenizer (checkpoint, {TOKENIZER_CONFIG} and "
+              f"{NEIGHBOURS} under {self.tokenizer_dir})")
+    return None
+
+  def load_denoiser_init(self, target) -> tuple[Any, str, int]:
+    """This run's latest denoiser parameters, to start another run from: the EMA copy when the
+    checkpoint holds one, else the raw parameters.
+
+    `target` is the other run's parameter tree (boxed or not) of arrays or `ShapeDtypeStruct`s;
+    the parameters are read straight into its shapes and shardings. Returns (parameters in the
+    structure of `target`, the subtree read, step). A parameter that is missing on either side
+    or has another shape is a one-line ValueError naming its path and both shapes.
+    """
+    directory = self.checkpoints_dir(DENOISER)
+    steps = self.checkpoint_steps(DENOISER)
+    if not steps:
+      raise FileNotFoundError(f"no denoiser checkpoint under {directory}")
+    saved = _saved_shapes(directory, steps[0])
+    if saved is None:  # Unreadable metadata: the restore below reports (or skips) the step.
+      key = ("ema_params" if float(self.load_run_config().denoiser_train.get("ema_decay", 0.0))
+             > 0 else "params")
+    else:
+      key = "ema_params" if any(path[0] == "ema_params" for path in saved) else "params"
+      _check_same_shapes(saved, key, target, f"{self.root} (step {steps[0]})")
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), target)
+    restored, step = checkpoints.restore_subtrees(directory, {key: abstract}, name=DENOISER)
+    _check_finite(nn.unbox(restored[key]),
+                  f"the denoiser checkpoint (step {step}) in {self.denoiser_dir}")
+    return restored[key], key, step
+
+  def tokenizer_copied_from(self) -> dict | None:
+    """{"source", "step"} when this run's tokenizer is a copy of another run's, else None."""
+    return fileio.read_json_record(self.copied_from_file)
+
+  def copy_tokenizer_from(self, source: "Workdir") -> dict:
+    """Makes `source`'s trained tokenizer this run's: its newest checkpoint, config, neighbour
+    table and evaluation, recorded in DIR/tokenizer/copied_from.json. The record is written
+    first and each piece lands by a rename, so a rerun after a kill completes the copy of the
+    same step. Returns the record. Call it on one process."""
+    record = self.tokenizer_copied_from()
+    if record is None:
+      steps = source.checkpoint_steps(TOKENIZER)
+      if not steps:
+        raise FileNotFoundError(f"{source.root} has no tokenizer checkpoint to copy")
+      record = {"source": source.root, "step": int(steps[0])}
+      fileio.write_json_atomic(self.copied_from_file, record)
+    source, step = Workdir(record["source"]), str(record["step"])
+    pieces = [(os.path.join(source.checkpoints_dir(TOKENIZER), step),
+               os.path.join(self.checkpoints_dir(TOKENIZER), step), True),
+              (source.tokenizer_config_file, self.tokenizer_config_file, True),
+              (source.neighbours_file, self.neighbours_file, True),
+              (os.path.join(source.tokenizer_dir, "eval.json"),
+               os.path.join(self.tokenizer_dir, "eval.json"), False)]
+    for src, dst, required in pieces:
+      if os.path.exists(dst) or (not required and not os.path.exists(src)):
+        continue
+      if not os.path.exists(src):
+        raise FileNotFoundError(f"{src} not found: the tokenizer of {source.root} cannot be "
+                                f"copied (recorded in {self.copied_from_file})")
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      tmp = os.path.join(self.tokenizer_dir, f".copy-tmp-{os.path.basename(dst)}")
+      if os.path.isdir(tmp):
+        shutil.rmtree(tmp)
+      if os.path.isdir(src):
+        shutil.copytree(src, tmp)
+      else:
+        shutil.copy2(src, tmp)
+      os.replace(tmp, dst)
+    return record
+
 
 def _check_finite(params, what: str):
   """Refuses weights with NaN or Inf: they would sample blank or garbage images silently."""
@@ -221,6 +321,51 @@ def _check_finite(params, what: str):
   if bad:
     raise ValueError(f"{what} has non-finite weights ({len(bad)} arrays, e.g. {bad[0]}); train "
                      "again from an earlier checkpoint or a fresh --workdir")
+
+
+def _step_folders(directory: str) -> list[str]:
+  """The complete step folders of a checkpoint directory (orbax renames a step's folder to its
+  number only once the step is written)."""
+  if not os.path.isdir(directory):
+    return []
+  return [name for name in os.listdir(directory)
+          if name.isdigit() and os.path.isdir(os.path.join(directory, name))]
+
+
+def _saved_shapes(directory: str, step: int) -> dict[tuple[str, ...], tuple] | None:
+  """{path: shape} of every array in a train checkpoint (from its metadata, reading no array);
+  None when the metadata cannot be read."""
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    metadata = handler.metadata(epath.Path(directory) / str(step) / "default")
+  except Exception:  # pylint: disable=broad-except  (orbax raises bare Exception)
+    return None
+  finally:
+    handler.close()
+  tree = getattr(metadata, "tree", metadata)
+  leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+  return {_path_names(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _path_names(path) -> tuple[str, ...]:
+  """A pytree key path as names; a box's value (`nn.LogicallyPartitioned.value`) is "value" in
+  the tree and in the checkpoint alike."""
+  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _check_same_shapes(saved: dict, key: str, target, where: str):
+  """Raises a one-line ValueError at the first parameter of `target` missing from the saved
+  subtree `key` or of another shape there (then at the first saved one `target` lacks)."""
+  wanted = {(key, *_path_names(path)): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(target)}
+  extra = [path for path in saved if path[0] == key and path not in wanted]
+  for path in [*wanted, *extra]:
+    there, here = saved.get(path, "absent"), wanted.get(path, "absent")
+    if there != here:
+      name = "/".join(p for p in path[1:] if p != "value")
+      raise ValueError(f"denoiser_train.init_from: the denoiser of {where} does not fit this "
+                       f"run's model: {name} is {there} there and {here} here (init_from needs "
+                       "the same denoiser variant, vocabulary and text encoder)")
 
 
 def _is_stale(holder: dict) -> bool:

@@ -3,9 +3,14 @@
 import json
 
 import numpy as np
+import pytest
 
+from mdd.bench import rates
 from mdd.bench import sampler as sampler_bench
 from mdd.bench import train_step as train_step_bench
+
+# Whole benchmark runs (compile + timed steps) at toy size: minutes on 2 cores.
+pytestmark = pytest.mark.integration
 
 
 def test_train_step_rows_and_mfu(tmp_path):
@@ -36,9 +41,9 @@ def test_train_step_reports_a_failing_row_and_goes_on():
 
 
 def test_datasheet_peak():
-  assert train_step_bench.datasheet_peak("NVIDIA H200") == 989.4e12
-  assert train_step_bench.datasheet_peak("NVIDIA H100 80GB HBM3") == 989.4e12
-  assert train_step_bench.datasheet_peak("cpu") is None
+  assert rates.datasheet_peak("NVIDIA H200") == 989.4e12
+  assert rates.datasheet_peak("NVIDIA H100 80GB HBM3") == 989.4e12
+  assert rates.datasheet_peak("cpu") is None
 
 
 def test_sampler_rows_and_overhead(tmp_path):

@@ -7,7 +7,8 @@ Layers, bottom to top (docs/architecture.md); a module may import its own layer 
   models     mdd.models, mdd.objectives, pallas_kernels
   sampling   mdd.sampling, mdd.workdir
   runners    mdd.train, mdd.inference, mdd.eval
-  top        mdd.stages, mdd.main, mdd.validate, mdd.defaults, mdd.experiments, mdd.bench, configs
+  top        mdd.stages, mdd.main, mdd.validate, mdd.defaults, mdd.plan, mdd.experiments,
+             mdd.bench, configs
 
 Also: nothing outside mdd.train (and the top layer) imports a trainer; pallas_kernels imports
 nothing from mdd; no import cycle between modules (function-local imports included).
@@ -26,8 +27,8 @@ LAYERS = [
     ("models", ("mdd.models", "mdd.objectives", "pallas_kernels")),
     ("sampling", ("mdd.sampling", "mdd.workdir")),
     ("runners", ("mdd.train", "mdd.inference", "mdd.eval")),
-    ("top", ("mdd.stages", "mdd.main", "mdd.validate", "mdd.defaults", "mdd.experiments",
-             "mdd.bench", "configs")),
+    ("top", ("mdd.stages", "mdd.main", "mdd.validate", "mdd.defaults", "mdd.plan",
+             "mdd.experiments", "mdd.bench", "configs")),
 ]
 
 

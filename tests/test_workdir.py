@@ -7,8 +7,10 @@ import socket
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -17,6 +19,7 @@ import configs
 from mdd import workdir as workdir_lib
 from mdd.objectives import neighbours as neighbours_lib
 from mdd.utils import checkpoints
+from mdd.utils import sharding
 
 
 def test_paths_live_under_the_root(tmp_path):
@@ -105,3 +108,114 @@ def test_sampling_refuses_non_finite_weights(tmp_path):
   config.denoiser_train.ema_decay = 0.0  # the raw parameters are finite: they load
   loaded, step = run.load_denoiser_params(system, config)
   assert step == 3 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(loaded))
+
+
+def _denoiser_run(root, config, vocab):
+  """A run folder with config.json and one denoiser checkpoint (params + a distinct EMA) of the
+  system `config` builds at `vocab` codes; returns (Workdir, system, saved EMA params)."""
+  run = workdir_lib.Workdir(str(root))
+  table = neighbours_lib.NeighbourTable(np.arange(vocab, dtype=np.int32)[:, None],
+                                        np.ones((vocab, 1), np.float32))
+  system = run.denoiser_system(config, table)
+  params = jax.jit(system.init_params)(jax.random.key(0))
+  ema = jax.tree.map(lambda x: x + 1, params)
+  manager = checkpoints.manager(run.checkpoints_dir("denoiser"), async_save=False)
+  manager.save(5, args=ocp.args.StandardSave({"params": params, "ema_params": ema}))
+  manager.wait_until_finished()
+  manager.close()
+  run.save_run_config(config)
+  return run, system, ema
+
+
+def test_init_from_loads_the_ema_and_names_the_first_parameter_that_does_not_fit(tmp_path):
+  config = configs.load("shapes_tiny:runlocal")
+  config.denoiser.depth = 2
+  source, system, ema = _denoiser_run(tmp_path / "source", config, vocab=16)
+  target = checkpoints.on_device(jax.eval_shape(system.init_params, jax.random.key(1)))
+  loaded, key, step = source.load_denoiser_init(target)
+  assert (key, step) == ("ema_params", 5)
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(ema)):
+    np.testing.assert_array_equal(a, b)
+  # Straight into a 2x2x2 mesh's shardings, as the train loop lays the parameters out.
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=2, tensor=2)))
+  boxed = jax.eval_shape(system.init_params, jax.random.key(1))
+  shardings = sharding.logical_to_shardings(boxed, mesh, sharding.DEFAULT_RULES)
+  on_mesh = jax.tree.map(lambda s, sub: jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), sub), shardings, boxed)
+  loaded, _, _ = source.load_denoiser_init(on_mesh)
+  assert any(len(leaf.sharding.device_set) == 8 and not leaf.sharding.is_fully_replicated
+             for leaf in jax.tree.leaves(loaded))
+  for a, b, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(ema),
+                        jax.tree.leaves(on_mesh)):
+    assert a.sharding == want.sharding
+    np.testing.assert_array_equal(a, b)
+
+  def abstract(vocab, depth):
+    other = config.copy_and_resolve_references()
+    other.denoiser.depth = depth
+    table = neighbours_lib.NeighbourTable(np.zeros((vocab, 1), np.int32),
+                                          np.ones((vocab, 1), np.float32))
+    return checkpoints.on_device(jax.eval_shape(
+        workdir_lib.Workdir(str(tmp_path)).denoiser_system(other, table).init_params,
+        jax.random.key(1)))
+
+  # Another vocabulary: the first parameter whose shape differs, with both shapes.
+  wider = abstract(32, config.denoiser.depth)
+  (path, mine), = [(p, a.shape) for (p, a), b in zip(
+      jax.tree_util.tree_leaves_with_path(nn.unbox(wider)),
+      jax.tree.leaves(nn.unbox(target))) if a.shape != b.shape][:1]
+  theirs = [b.shape for (p, b) in jax.tree_util.tree_leaves_with_path(nn.unbox(target))
+            if p == path][0]
+  name = "/".join(k.key for k in path)
+  with pytest.raises(ValueError) as error:
+    source.load_denoiser_init(wider)
+  message = str(error.value)
+  assert "\n" not in message
+  assert f"{name} is {tuple(theirs)} there and {tuple(mine)} here" in message, message
+  # A deeper model: its extra block is absent from the checkpoint.
+  with pytest.raises(ValueError, match=r"denoiser/block_\d+/.* is absent there and \(.*\) here"):
+    source.load_denoiser_init(abstract(16, config.denoiser.depth + 1))
+  # A shallower one: the checkpoint's last block is absent here.
+  with pytest.raises(ValueError, match=r"denoiser/block_\d+/.* is \(.*\) there and absent here"):
+    source.load_denoiser_init(abstract(16, config.denoiser.depth - 1))
+
+
+def test_init_from_must_name_a_trained_run(tmp_path):
+  from mdd import validate  # pylint: disable=import-outside-toplevel
+  config = configs.load("shapes_tiny:runlocal")
+  config.denoiser.depth = 1
+  source, _, _ = _denoiser_run(tmp_path / "source", config, vocab=16)
+  assert "has no exported tokenizer" in source.source_problem()
+  # The exported tokenizer: its files and a checkpoint.
+  manager = checkpoints.manager(source.checkpoints_dir("tokenizer"), async_save=False)
+  manager.save(1, args=ocp.args.StandardSave({"step": jnp.zeros((), jnp.int32)}))
+  manager.wait_until_finished()
+  manager.close()
+  for path in (source.tokenizer_config_file, source.neighbours_file):
+    with open(path, "w", encoding="utf-8") as f:
+      f.write("{}")
+  assert source.source_problem() is None
+  untrained = tmp_path / "untrained"
+  untrained.mkdir()
+  workdir_lib.Workdir(str(untrained)).save_run_config(config)
+  cases = {str(tmp_path / "missing"): "is not a folder",
+           str(tmp_path): "is not an mdd workdir",
+           str(untrained): "has no denoiser checkpoint"}
+  for folder, expected in cases.items():
+    config.denoiser_train.init_from = folder
+    problems = [p for p in validate.validate(config) if "init_from" in p]
+    assert len(problems) == 1 and expected in problems[0], problems
+    config.mode = "sample"  # Only the stages that read init_from check it.
+    assert not [p for p in validate.validate(config) if "init_from" in p]
+    config.mode = "pipeline"
+  config.denoiser_train.init_from = source.root
+  assert validate.validate(config) == []
+  # The launcher validates before a multi-process job is joined, so the check must not start
+  # JAX's backend (jax.distributed.initialize would then fail).
+  probe = ("import configs, jax._src.xla_bridge as xb; from mdd import validate; "
+           "c = configs.load('shapes_tiny'); c.denoiser_train.init_from = %r; "
+           "print(validate.validate(c), bool(xb._backends))" % source.root)
+  result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), check=True)
+  assert result.stdout.split() == ["[]", "False"], result.stdout + result.stderr[-2000:]

@@ -111,24 +111,9 @@ def _compiled_bytes(jitted, *args):
 
 def _matmul_roofline(reps, size=8192):
   """XLA bf16 matmul rate (TFLOP/s), size^3, after >= 2 s of warm-up so the clocks are up."""
-  import jax
-  import jax.numpy as jnp
-  a = jax.random.normal(jax.random.key(1), (size, size), jnp.bfloat16)
-  b = jax.random.normal(jax.random.key(2), (size, size), jnp.bfloat16)
-  mm = jax.jit(lambda a, b: a @ b)
-  start = time.perf_counter()
-  while time.perf_counter() - start < 2.0:
-    mm(a, b).block_until_ready()
-  # Queue many launches and synchronise once: per-call host sync costs ~0.1-0.3 ms here, a
-  # fifth of one 8192^3 product (the first runs, synchronised per call, read ~590 TFLOP/s).
-  samples = []
-  for _ in range(5):
-    start = time.perf_counter()
-    for _ in range(max(reps, 20)):
-      out = mm(a, b)
-    out.block_until_ready()
-    samples.append((time.perf_counter() - start) * 1e3 / max(reps, 20))
-  return 2 * size ** 3 / (statistics.median(samples) * 1e-3) / 1e12
+  del reps  # `rates.gemm_rate` queues 20 launches per sample, 5 samples.
+  from mdd.bench import rates  # pylint: disable=import-outside-toplevel
+  return rates.gemm_rate(size) / 1e12
 
 
 def _problem_gemm_rate(n, d, v, reps):

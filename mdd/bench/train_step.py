@@ -26,41 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdd import defaults
+from mdd.bench import rates
 from mdd.models import flops as flops_lib
 from mdd.models import system as system_lib
 from mdd.train import denoiser as denoiser_task
 from mdd.train import state as state_lib
 from mdd.utils import profiling
-
-# Dense bf16 tensor-core rates from the vendors' datasheets (FLOP/s, no sparsity).
-DATASHEET_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "B200": 2250e12}
-
-
-def datasheet_peak(device_kind: str) -> float | None:
-  for name, rate in DATASHEET_BF16.items():
-    if name in device_kind:
-      return rate
-  return None
-
-
-def gemm_rate(size: int = 8192, seconds: float = 2.0) -> float:
-  """Measured bf16 matmul rate (FLOP/s) of size^3 on random inputs, after warm-up; launches
-  are queued and synchronised once per sample so host latency stays out."""
-  a = jax.random.normal(jax.random.key(1), (size, size), jnp.bfloat16)
-  b = jax.random.normal(jax.random.key(2), (size, size), jnp.bfloat16)
-  mm = jax.jit(lambda a, b: a @ b)
-  start = time.perf_counter()
-  while time.perf_counter() - start < seconds:
-    mm(a, b).block_until_ready()
-  reps, samples = 20, []
-  for _ in range(5):
-    start = time.perf_counter()
-    for _ in range(reps):
-      out = mm(a, b)
-    out.block_until_ready()
-    samples.append((time.perf_counter() - start) / reps)
-  return 2 * size ** 3 / statistics.median(samples)
-
 
 def make_config(variant: str, impl: str, *, attention: str, remat: bool, text_len: int,
                 dtype: str = "bfloat16"):
@@ -186,8 +157,9 @@ def main(argv=None):
   args = parser.parse_args(argv)
   args.profiled = False
   device = jax.devices()[0]
-  peak = datasheet_peak(device.device_kind)
-  gemm = gemm_rate() if device.platform == "gpu" else gemm_rate(size=1024, seconds=0.2)
+  peak = rates.datasheet_peak(device.device_kind)
+  gemm = (rates.gemm_rate() if device.platform == "gpu"
+          else rates.gemm_rate(size=1024, seconds=0.2))
   payload = {"device": device.device_kind, "backend": device.platform, "jax": jax.__version__,
              "args": {k: v for k, v in vars(args).items() if k != "profiled"},
              "datasheet_bf16_tflops": peak / 1e12 if peak else None,

@@ -33,10 +33,11 @@ class Headline:
 
 CURRENT_RESULTS: tuple[Headline, ...] = (
     Headline("CPU default, whole pipeline (`configs/shapes_tiny.py`, the README's main command)",
-             "ShapeGenEval **0.297** over 2016 images, the same before and after the layered "
-             "layout (byte-identical sample grid); **0.263** in 12 min 59 s on another machine",
+             "ShapeGenEval **0.296** (v3) over 2016 images, which v2 scores 0.297, the same "
+             "before and after the layered layout (byte-identical sample grid); **0.263** (v2) "
+             "in 12 min 59 s on another machine",
              "2 CPU cores, jax 0.10.2",
-             ("docs/runs/shapes_tiny_2026-12-05.json",
+             ("docs/runs/shapes_tiny_v3_2026-12-05.json", "docs/runs/shapes_tiny_2026-12-05.json",
               "docs/runs/shapes_tiny_2026-11-29_s12.json")),
     Headline("CPU default, `:long` (12000 denoiser steps, 24 sampler steps)",
              "**0.557** in 37 min 7 s (denoiser at 6.8 steps/s); earlier, on a faster machine, "

@@ -133,6 +133,8 @@ def run(config, workdir: str):
   `"images"` reads the data source and encodes images on the fly with the frozen tokenizer of
   DIR/tokenizer. With `denoiser_train.summary_every > 0` the loop also samples a few fixed
   prompts and writes them (TensorBoard when present, and `DIR/denoiser/samples/step_<N>.png`).
+  With `denoiser_train.init_from=SRC` a run without a checkpoint of its own starts from SRC's
+  weights (`_warm_start`); one with a checkpoint resumes it.
   """
   run_dir = workdir_lib.Workdir(workdir)
   train_cfg = config.denoiser_train
@@ -154,6 +156,9 @@ def run(config, workdir: str):
   else:
     raise ValueError(f"denoiser_train.source={source_kind!r}: must be 'tokens' or 'images'")
   task = make_task(config, system, make_batches, eval_batches=eval_batches, encode_fn=encode_fn)
+  init_from = str(train_cfg.get("init_from", "") or "")
+  if init_from:  # Used only while this run has no checkpoint of its own (the loop decides).
+    task.warm_start = _warm_start(run_dir, workdir_lib.Workdir(init_from))
   if int(train_cfg.get("summary_every", 0)) > 0:
     task.image_summaries = _sample_summaries(config, system, tokenizer,
                                              os.path.join(run_dir.denoiser_dir, "samples"))
@@ -162,6 +167,36 @@ def run(config, workdir: str):
                config.denoiser.variant, num_params / 1e6)
   loop.train(task, train_cfg, workdir, mesh, rules, seed=seed)
   # Nothing is returned: absl's app.run would print a returned object as the exit status.
+
+
+def _warm_start(run_dir: workdir_lib.Workdir, source: workdir_lib.Workdir):
+  """`Task.warm_start` for `denoiser_train.init_from`: the source run's latest parameters (its
+  EMA copy when it kept one), denoiser and trainable text encoder alike, read straight into this
+  run's shardings; step 0, the fresh optimizer state, the EMA restarted from them. The weights
+  only mean something with the tokenizer they were trained on, so this run's must be the
+  source's (the train_tokenizer stage copies it)."""
+
+  def warm_start(state):
+    problem = source.source_problem()
+    if problem:
+      raise ValueError(f"denoiser_train.init_from: {problem}")
+    mine, theirs = run_dir.load_neighbours(), source.load_neighbours()
+    if not (np.array_equal(mine.neighbours, theirs.neighbours)
+            and np.array_equal(mine.weights, theirs.weights)):
+      raise ValueError(f"denoiser_train.init_from: the tokenizer of {run_dir.root} is not the "
+                       f"one of {source.root} (their neighbour tables differ), and the weights "
+                       "only fit the tokenizer they were trained with; start in a fresh workdir, "
+                       "where the train_tokenizer stage copies the source's tokenizer")
+    params, key, step = source.load_denoiser_init(state.params)
+    ema = None
+    if state.ema_params is not None:
+      shardings = jax.tree.map(lambda a: a.sharding, params)
+      ema = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings)(params)
+    logging.info("denoiser: initialised from %s (%s of step %d), optimizer state fresh",
+                 source.root, key, step)
+    return state.replace(params=params, ema_params=ema)
+
+  return warm_start
 
 
 def _token_batches(run_dir: workdir_lib.Workdir, batch_size: int, seed: int, num_eval: int):

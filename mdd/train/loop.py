@@ -40,6 +40,9 @@ class Task:
   num_steps: int
   evaluate: Callable[[Any], dict[str, float]] | None = None
   image_summaries: Callable[[Any, dict], dict[str, np.ndarray]] | None = None
+  # Fresh sharded state -> the state a run without a checkpoint starts from (e.g. weights of
+  # another run); never called when resuming. It must keep every leaf's sharding.
+  warm_start: Callable[[Any], Any] | None = None
 
 
 class Preempted(SystemExit):
@@ -80,7 +83,8 @@ def abstract_state(task: Task, mesh: Mesh, rules) -> tuple[Any, Any]:
 
 
 def restore_or_init(task: Task, manager, mesh: Mesh, rules, rng: jax.Array):
-  """Restores the latest checkpoint onto this mesh, or creates a fresh sharded state."""
+  """Restores the latest checkpoint onto this mesh, or creates a fresh sharded state (then
+  `task.warm_start`, if any)."""
   target, shardings = abstract_state(task, mesh, rules)
   steps = sorted(manager.all_steps(), reverse=True)
   if steps:
@@ -99,6 +103,8 @@ def restore_or_init(task: Task, manager, mesh: Mesh, rules, rng: jax.Array):
     return state, shardings, int(latest)
   with mesh, nn.logical_axis_rules(list(rules)):
     state = jax.jit(task.init_state, out_shardings=shardings)(rng)
+    if task.warm_start is not None:
+      state = task.warm_start(state)
   return state, shardings, 0
 
 

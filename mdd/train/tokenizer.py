@@ -8,7 +8,8 @@ that drives dead-code restarts), one jittable train step, resumable ShapeGen/dat
 the final evaluation (PSNR, SSIM, codebook usage on the held-out split) and input-vs-
 reconstruction image summaries. `run(config, workdir)` trains through `mdd.train.loop.train`,
 then `export_tokenizer` writes `DIR/tokenizer/tokenizer_config.json` and `neighbours.npz` next to
-the loop's checkpoints (`mdd.workdir.Workdir.load_tokenizer` loads the result).
+the loop's checkpoints (`mdd.workdir.Workdir.load_tokenizer` loads the result). A run started
+from another (`denoiser_train.init_from`) copies that run's tokenizer instead.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from mdd import workdir as workdir_lib
 from mdd.data import loader
@@ -317,8 +319,32 @@ def train_and_export(config, workdir: str) -> TokenizerState:
 
 
 def run(config, workdir: str) -> None:
-  """`--config.mode=train_tokenizer` (returns None: absl's app.run exits with the result)."""
+  """`--config.mode=train_tokenizer` (returns None: absl's app.run exits with the result).
+
+  A run started from another (`denoiser_train.init_from`) that has no tokenizer of its own
+  copies the source's instead of training one; a copied tokenizer is never trained further."""
+  if copy_source_tokenizer(config, workdir):
+    return
   train_and_export(config, workdir)
+
+
+def copy_source_tokenizer(config, workdir: str) -> bool:
+  """Whether this run's tokenizer is (now) a copy of another run's: copied here when
+  `denoiser_train.init_from` names a run and this one has no tokenizer checkpoint yet."""
+  run_dir = workdir_lib.Workdir(workdir)
+  init_from = str((config.get("denoiser_train", None) or {}).get("init_from", "") or "")
+  if run_dir.tokenizer_copied_from() is None and (
+      not init_from or run_dir.checkpoint_steps(TASK_NAME)):
+    return False
+  record = None
+  if jax.process_index() == 0:
+    record = run_dir.copy_tokenizer_from(workdir_lib.Workdir(init_from))
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("mdd: tokenizer copied")
+  record = record or run_dir.tokenizer_copied_from()
+  logging.info("tokenizer: the one of %s (step %d), copied, not trained here",
+               record["source"], record["step"])
+  return True
 
 
 # ---------------------------------------------------------------------------------------------

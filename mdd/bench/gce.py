@@ -30,10 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 from mdd.bench import gce_torch
 from mdd.utils import profiling
@@ -60,14 +58,8 @@ BWD_VARIANTS = [
 
 
 def _median_ms(fn, reps: int, warmup: int = 2) -> float:
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    fn()
-    times.append((time.perf_counter() - start) * 1e3)
-  return statistics.median(times)
+  from mdd.bench import rates  # pylint: disable=import-outside-toplevel
+  return 1e3 * rates.median_seconds(fn, reps, warmup)
 
 
 def _flops(n, d, v, passes):
@@ -111,9 +103,8 @@ def _compiled_bytes(jitted, *args):
 
 def _matmul_roofline(reps, size=8192):
   """XLA bf16 matmul rate (TFLOP/s), size^3, after >= 2 s of warm-up so the clocks are up."""
-  del reps  # `rates.gemm_rate` queues 20 launches per sample, 5 samples.
   from mdd.bench import rates  # pylint: disable=import-outside-toplevel
-  return rates.gemm_rate(size) / 1e12
+  return rates.gemm_rate(size, reps=max(reps, 20)) / 1e12
 
 
 def _problem_gemm_rate(n, d, v, reps):
@@ -125,14 +116,8 @@ def _problem_gemm_rate(n, d, v, reps):
   b = jax.random.normal(jax.random.key(4), (v, d), jnp.bfloat16)
   mm = jax.jit(lambda a, b: jax.lax.dot_general(a, b, (((1,), (1,)), ((), ()))))
   mm(a, b).block_until_ready()
-  samples = []
-  for _ in range(5):
-    start = time.perf_counter()
-    for _ in range(reps):
-      out = mm(a, b)
-    out.block_until_ready()
-    samples.append((time.perf_counter() - start) / reps)
-  return 2 * rows * d * v / statistics.median(samples) / 1e12
+  from mdd.bench import rates  # pylint: disable=import-outside-toplevel
+  return 2 * rows * d * v / rates.queued_seconds(lambda: mm(a, b), reps) / 1e12
 
 
 def _tune_kernels(x, w, reps, log, interpret=False):

@@ -1,4 +1,5 @@
-"""Ceilings that benchmarks compare against: datasheet bf16 rates and a measured GEMM rate."""
+"""Ceilings that benchmarks compare against (datasheet bf16 rates, a measured GEMM rate) and
+the two ways the benchmarks time a call."""
 
 from __future__ import annotations
 
@@ -19,20 +20,40 @@ def datasheet_peak(device_kind: str) -> float | None:
   return None
 
 
-def gemm_rate(size: int = 8192, seconds: float = 2.0) -> float:
-  """Measured bf16 matmul rate (FLOP/s) of size^3 on random inputs, after warm-up; launches
-  are queued and synchronised once per sample so host latency stays out."""
+def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+  """Median wall time of `fn()` over `repeats` calls after `warmup` calls; `fn` must block
+  until its device work is done."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def queued_seconds(fn, reps: int = 20, samples: int = 5) -> float:
+  """Seconds per call of `fn()` (which returns a device array without blocking): `reps` calls
+  are queued and synchronised once per sample, so the host's per-call sync stays out; the
+  median of `samples` such samples."""
+  times = []
+  for _ in range(samples):
+    start = time.perf_counter()
+    for _ in range(reps):
+      out = fn()
+    out.block_until_ready()
+    times.append((time.perf_counter() - start) / reps)
+  return statistics.median(times)
+
+
+def gemm_rate(size: int = 8192, seconds: float = 2.0, reps: int = 20) -> float:
+  """Measured bf16 matmul rate (FLOP/s) of size^3 on random inputs, after `seconds` of warm-up
+  so the clocks are up; launches queued (`queued_seconds`)."""
   a = jax.random.normal(jax.random.key(1), (size, size), jnp.bfloat16)
   b = jax.random.normal(jax.random.key(2), (size, size), jnp.bfloat16)
   mm = jax.jit(lambda a, b: a @ b)
   start = time.perf_counter()
   while time.perf_counter() - start < seconds:
     mm(a, b).block_until_ready()
-  reps, samples = 20, []
-  for _ in range(5):
-    start = time.perf_counter()
-    for _ in range(reps):
-      out = mm(a, b)
-    out.block_until_ready()
-    samples.append((time.perf_counter() - start) / reps)
-  return 2 * size ** 3 / statistics.median(samples)
+  return 2 * size ** 3 / queued_seconds(lambda: mm(a, b), reps)

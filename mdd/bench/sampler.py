@@ -17,36 +17,29 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mdd import defaults
 from mdd import sampling as sampler_lib
+from mdd.bench import rates
+from mdd.bench import train_step as train_step_bench
 from mdd.models import system as system_lib
 from mdd.sampling import sampler as sampler_core
 
 
 def _median_s(fn, repeats: int) -> float:
-  jax.block_until_ready(fn())  # Warm-up (compiles).
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  """Median seconds of `fn()` to its device result, after one (compiling) call."""
+  return rates.median_seconds(lambda: jax.block_until_ready(fn()), repeats)
 
 
 def build(variant: str, vocab: int, text_len: int, dtype: str, attention: str):
-  c = defaults.base_config()
-  c.denoiser.variant = variant
-  c.denoiser.dtype = dtype
-  c.denoiser.attention_impl = attention
-  c.text.max_len = text_len
-  c.data.max_text_len = text_len
+  """The train-step benchmark's denoiser, with plain CE and no edit training (sampling reads
+  neither) so no neighbour table is needed, and fresh parameters."""
+  c = train_step_bench.make_config(variant, "chunked", attention=attention, remat=False,
+                                   text_len=text_len, dtype=dtype)
   c.loss.type = "ce"
   c.masking.edit_fraction = 0.0
   system = system_lib.system_from_config(c, vocab_size=vocab)

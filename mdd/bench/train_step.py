@@ -65,8 +65,9 @@ def _batch(batch: int, grid: int, text_len: int, vocab: int, seed: int) -> dict:
   }
 
 
-def run_one(variant: str, grid: int, impl: str, remat: bool, args) -> dict:
-  """Compiles and times one configuration; returns its row (raises on OOM)."""
+def run_one(variant: str, grid: int, impl: str, remat: bool, args, profile: bool) -> dict:
+  """Compiles and times one configuration; returns its row (raises on OOM). `profile` adds a
+  profiler trace of 3 steps."""
   batch = max(1, args.tokens_per_step // (grid * grid))
   config = make_config(variant, impl, attention=args.attention, remat=remat,
                        text_len=args.text_len, dtype=args.dtype)
@@ -107,8 +108,7 @@ def run_one(variant: str, grid: int, impl: str, remat: bool, args) -> dict:
          "argument_bytes": int(getattr(mem, "argument_size_in_bytes", -1)) if mem else -1}
   if not np.isfinite(last_loss):
     raise FloatingPointError(f"{variant}/{grid}/{impl}: non-finite loss {last_loss}")
-  if args.profile and not args.profiled:
-    args.profiled = True
+  if profile:
     counter = iter(range(10_000))
 
     def one(_):
@@ -155,13 +155,12 @@ def main(argv=None):
   parser.add_argument("--profile", action="store_true", help="trace the first row")
   parser.add_argument("--out", default="")
   args = parser.parse_args(argv)
-  args.profiled = False
   device = jax.devices()[0]
   peak = rates.datasheet_peak(device.device_kind)
   gemm = (rates.gemm_rate() if device.platform == "gpu"
           else rates.gemm_rate(size=1024, seconds=0.2))
   payload = {"device": device.device_kind, "backend": device.platform, "jax": jax.__version__,
-             "args": {k: v for k, v in vars(args).items() if k != "profiled"},
+             "args": vars(args),
              "datasheet_bf16_tflops": peak / 1e12 if peak else None,
              "measured_gemm_tflops": gemm / 1e12, "rows": []}
   print(f"{device.device_kind}: datasheet bf16 {peak / 1e12 if peak else float('nan'):.0f} "
@@ -169,6 +168,7 @@ def main(argv=None):
   print(f"{'var':>4} {'grid':>4} {'batch':>5} {'impl':>8} {'remat':>5} {'step ms':>9} "
         f"{'tokens/s':>10} {'TFLOP/s':>8} {'MFU(ds)':>7} {'MFU(gemm)':>8} {'compile':>8}",
         flush=True)
+  profile_next = args.profile  # The first row that runs is traced.
   for variant in args.variants.split(","):
     for grid in (int(g) for g in args.grids.split(",")):
       for impl in args.impls.split(","):
@@ -176,7 +176,7 @@ def main(argv=None):
         row = None
         for remat in rem_options:
           try:
-            row = run_one(variant, grid, impl, remat, args)
+            row = run_one(variant, grid, impl, remat, args, profile=profile_next)
             break
           except Exception as e:  # pylint: disable=broad-except
             if _is_oom(e) and remat is not rem_options[-1]:
@@ -184,6 +184,7 @@ def main(argv=None):
             row = {"variant": variant, "grid": grid, "impl": impl, "remat": remat,
                    "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
         if "error" not in row:
+          profile_next = False
           row["mfu_datasheet"] = row["achieved_tflops"] * 1e12 / peak if peak else None
           row["mfu_gemm"] = row["achieved_tflops"] * 1e12 / gemm
         payload["rows"].append(row)

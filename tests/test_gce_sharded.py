@@ -146,13 +146,13 @@ def _train_like_loss(mesh_context, mesh, hidden, w, labels, weights, nbr, nw):
 @pytest.mark.parametrize("context", ["set_mesh", "legacy"])
 def test_losses_use_the_mesh(context, monkeypatch):
   calls = []
-  real = losses._sharded_gce()  # pylint: disable=protected-access
+  real = losses.gce_lib.sharded_fused_gce
 
   def spy(*args, **kwargs):
     calls.append((kwargs["row_axes"], kwargs["vocab_axes"]))
     return real(*args, **kwargs)
 
-  monkeypatch.setattr(losses, "_sharded_gce", lambda: spy)
+  monkeypatch.setattr(losses.gce_lib, "sharded_fused_gce", spy)
   x, w, labels, nbr, nw, valid, _ = _problem(3, 4 * 12, 16, 64, 4)
   weights = np.where(valid, np.random.default_rng(4).random(48), 0.0).astype(np.float32)
   labels[0] = 5

@@ -29,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels import gce as gce_lib
+
 IMPLS = ("auto", "xla", "chunked", "pallas")
 MODES = ("soft", "marginal")
 
@@ -46,19 +48,6 @@ def _kernel_impl(impl: str) -> str:
     return "pallas_tpu"
   raise ValueError(f"loss impl='pallas' needs a GPU or TPU backend, got {backend!r}; "
                    "use 'chunked' (or 'pallas' with interpret=True in tests)")
-
-
-def _fused_gce():
-  try:
-    from pallas_kernels.gce.api import fused_gce  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError("mdd.objectives.losses needs pallas_kernels.gce.api.fused_gce") from e
-  return fused_gce
-
-
-def _sharded_gce():
-  from pallas_kernels.gce import sharded_fused_gce  # pylint: disable=import-outside-toplevel
-  return sharded_fused_gce
 
 
 def _active_mesh():
@@ -178,10 +167,11 @@ def token_loss(hidden: jax.Array, head_w: jax.Array, labels: jax.Array,
   mesh = _active_mesh() if mesh is None else mesh
   layout = gce_layout(mesh, head_w.shape[0]) if kernel_impl != "xla" else None
   if layout is None:
-    loss = _fused_gce()(*args, **kwargs)
+    loss = gce_lib.fused_gce(*args, **kwargs)
   else:
     row_axes, vocab_axes = layout
-    loss = _sharded_gce()(*args, mesh=mesh, row_axes=row_axes, vocab_axes=vocab_axes, **kwargs)
+    loss = gce_lib.sharded_fused_gce(*args, mesh=mesh, row_axes=row_axes,
+                                     vocab_axes=vocab_axes, **kwargs)
   return loss.reshape(labels.shape)
 
 

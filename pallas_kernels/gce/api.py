@@ -111,8 +111,7 @@ def _gce_xla(x, w, idx, q, fallback, row_ok, *, mode, ce_mix):
                                preferred_element_type=jnp.float32)
   lse = jax.nn.logsumexp(logits, axis=1)
   gathered = jnp.take_along_axis(logits, idx, axis=1)
-  loss = lse - _target_term(gathered, q, fallback, mode=mode, ce_mix=ce_mix)
-  return jnp.where(row_ok, loss, 0.0)
+  return _row_loss(lse, gathered, q, fallback, row_ok, mode=mode, ce_mix=ce_mix)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -137,6 +136,23 @@ def _backend(impl: str, interpret: bool, blocks: dict[str, Any], x, w, idx):
                       itemsize=x.dtype.itemsize, num_neighbours=idx.shape[1], **blocks)
 
 
+def _row_loss(lse, gathered, q, fallback, row_ok, *, mode, ce_mix):
+  """Per-row loss from the LSE over V and the K+1 gathered logits (0 on ignored rows)."""
+  target = _target_term(gathered, q, fallback, mode=mode, ce_mix=ce_mix)
+  return jnp.where(row_ok, lse - target, 0.0)
+
+
+def _target_coefficients(gathered, q, fallback, row_ok, loss_cotangent, *, mode, ce_mix):
+  """(row cotangent [N] float32, 0 on ignored rows; d loss / d gathered logits [N, K+1]): what
+  the backends scatter into dZ = g softmax(z) - target."""
+  row_cotangent = jnp.where(row_ok, loss_cotangent, 0.0).astype(jnp.float32)
+  _, target_vjp = jax.vjp(
+      functools.partial(_target_term, q=q, fallback=fallback, mode=mode, ce_mix=ce_mix),
+      gathered)
+  (target_coef,) = target_vjp(row_cotangent)
+  return row_cotangent, target_coef
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
 def _gce_fused(x, w, idx, q, fallback, row_ok, config):
   loss, _ = _gce_fused_fwd(x, w, idx, q, fallback, row_ok, config)
@@ -147,19 +163,15 @@ def _gce_fused_fwd(x, w, idx, q, fallback, row_ok, config):
   impl, mode, ce_mix, interpret, blocks = config
   forward, _ = _backend(impl, interpret, dict(blocks), x, w, idx)
   lse, gathered = forward(x, w, idx)
-  target = _target_term(gathered, q, fallback, mode=mode, ce_mix=ce_mix)
-  loss = jnp.where(row_ok, lse - target, 0.0)
+  loss = _row_loss(lse, gathered, q, fallback, row_ok, mode=mode, ce_mix=ce_mix)
   return loss, (x, w, idx, q, fallback, row_ok, lse, gathered)
 
 
 def _gce_fused_bwd(config, residuals, loss_cotangent):
   impl, mode, ce_mix, interpret, blocks = config
   x, w, idx, q, fallback, row_ok, lse, gathered = residuals
-  row_cotangent = jnp.where(row_ok, loss_cotangent, 0.0).astype(jnp.float32)
-  _, target_vjp = jax.vjp(
-      functools.partial(_target_term, q=q, fallback=fallback, mode=mode, ce_mix=ce_mix),
-      gathered)
-  (target_coef,) = target_vjp(row_cotangent)                               # [N, K+1]
+  row_cotangent, target_coef = _target_coefficients(
+      gathered, q, fallback, row_ok, loss_cotangent, mode=mode, ce_mix=ce_mix)
   _, backward = _backend(impl, interpret, dict(blocks), x, w, idx)
   dx, dw = backward(x, w, lse, row_cotangent, idx, target_coef)
   return dx, dw, None, None, None, None

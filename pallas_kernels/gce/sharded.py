@@ -41,7 +41,8 @@ from pallas_kernels.gce import api
 # The pieces `api.fused_gce` is built from, shared so both paths compute the same numbers.
 # pylint: disable=protected-access
 _group_inputs = api._group_inputs
-_target_term = api._target_term
+_row_loss = api._row_loss
+_target_coefficients = api._target_coefficients
 _backend = api._backend
 _check_inputs = api._check_inputs
 _BLOCK_KEYS = api._BLOCK_KEYS
@@ -89,19 +90,15 @@ def _forward_shard(x, w, labels, neighbours, neighbour_weights, valid, *, config
     top = jax.lax.pmax(lse, vocab_axes)
     lse = top + jnp.log(jax.lax.psum(jnp.exp(lse - top), vocab_axes))
     gathered = jax.lax.psum(jnp.where(inside, gathered, 0.0), vocab_axes)
-  target = _target_term(gathered, q, fallback, mode=mode, ce_mix=ce_mix)
-  loss = jnp.where(row_ok, lse - target, 0.0)
+  loss = _row_loss(lse, gathered, q, fallback, row_ok, mode=mode, ce_mix=ce_mix)
   return loss, lse, gathered, idx, q, fallback, row_ok
 
 
 def _backward_shard(x, w, lse, gathered, idx, q, fallback, row_ok, loss_cotangent, *, config):
   """One device's backward: dx of its rows (summed over vocab shards), dw of its slice."""
   impl, mode, ce_mix, interpret, blocks, _, row_axes, vocab_axes = config
-  row_cotangent = jnp.where(row_ok, loss_cotangent, 0.0).astype(jnp.float32)
-  _, target_vjp = jax.vjp(
-      functools.partial(_target_term, q=q, fallback=fallback, mode=mode, ce_mix=ce_mix),
-      gathered)
-  (target_coef,) = target_vjp(row_cotangent)                               # [n, K+1]
+  row_cotangent, target_coef = _target_coefficients(
+      gathered, q, fallback, row_ok, loss_cotangent, mode=mode, ce_mix=ce_mix)
   local_idx, target_coef, _ = _local_vocab(idx, target_coef, vocab_axes, w.shape[0])
   _, backward = _backend(impl, interpret, dict(blocks), x, w, local_idx)
   dx, dw = backward(x, w, lse, row_cotangent, local_idx, target_coef)

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdd import workdir as workdir_lib
+from mdd.models import tokenizer as tokenizer_lib
 from mdd.models import system as system_lib
 from mdd.train import denoiser as denoiser_train
 from mdd.train import loop
@@ -57,7 +58,6 @@ from mdd.utils import sharding as sharding_lib
 from mdd.utils import fileio
 
 GIB = 2 ** 30
-PLAN_FILE = "plan.json"
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,10 +103,8 @@ def _vocab_and_table(config, run_dir: workdir_lib.Workdir):
   model = config.tokenizer.model
   if int(config.denoiser.get("vocab_size", 0)):
     vocab = int(config.denoiser.vocab_size)
-  elif model.quantizer == "fsq":
-    vocab = math.prod(int(level) for level in model.fsq_levels)
   else:
-    vocab = int(model.vocab_size)
+    vocab = tokenizer_lib.tokenizer_from_config(config.tokenizer).num_codes
   k = (1 + 2 * len(model.fsq_levels) if model.quantizer == "fsq"
        else int(config.tokenizer.neighbours.k))
   ids = np.zeros((vocab, k), np.int32)
@@ -136,9 +134,7 @@ def denoiser_setup(config, workdir: str) -> DenoiserSetup:
   mesh = sharding_lib.make_mesh(config.mesh)
   rules = sharding_lib.rules_from_config(config)
   state, shardings = loop.abstract_state(task, mesh, rules)
-  height, width = workdir_lib.image_hw(config.data)
-  f = int(config.tokenizer.model.downsample_factor)
-  grid = (height // f, width // f)
+  grid = workdir_lib.token_grid(config)
   batch_size = int(config.denoiser_train.batch_size)
   if batch_size % sharding_lib.batch_size_divisor(mesh):
     raise ValueError(f"denoiser_train.batch_size={batch_size} is not a multiple of the "
@@ -254,11 +250,9 @@ LABELS = {"params": "parameters", "optimizer": "optimizer state", "ema": "EMA pa
           "fsdp_gather": "fsdp weight gathers"}
 
 
-def denoiser_plan(config, workdir: str, *, compile_step: bool | None = None) -> dict:
-  """The denoiser's per-device memory plan (JSON-ready): state terms, analytic and compiled
-  temporaries, and the total the fit is judged on (compiled where available)."""
-  if compile_step is None:
-    compile_step = bool(config.plan.get("compile", True))
+def denoiser_plan(config, workdir: str) -> tuple[dict, DenoiserSetup]:
+  """(the denoiser's per-device memory plan, JSON-ready: state terms and analytic temporaries;
+  the setup `finish_plan` compiles)."""
   setup = denoiser_setup(config, workdir)
   model = setup.system.denoiser
   state = state_terms(setup.state)
@@ -280,17 +274,15 @@ def denoiser_plan(config, workdir: str, *, compile_step: bool | None = None) -> 
       "analytic_total": sum(state.values()) + sum(analytic.values()),
       "compiled": None,
   }
-  plan["_setup"] = setup
-  plan["compile"] = compile_step
-  return plan
+  return plan, setup
 
 
-def finish_plan(plan: dict, memory: int, source: str) -> dict:
-  """Adds the compiled analysis (when asked for and the state can fit at all), the total and
-  the verdict; drops the setup. The terms named in a refusal are the ones the total sums."""
-  setup = plan.pop("_setup")
+def finish_plan(plan: dict, setup: DenoiserSetup, memory: int, source: str, *,
+                compile_step: bool) -> dict:
+  """Adds the compiled analysis (with `compile_step`, when the state can fit at all), the total
+  and the verdict. The terms named in a refusal are the ones the total sums."""
   state_total = sum(plan["state"].values())
-  if plan.pop("compile") and state_total <= memory:
+  if compile_step and state_total <= memory:
     plan["compiled"] = compiled_memory(setup)
   terms = dict(plan["state"])
   if plan["compiled"] is not None:
@@ -356,22 +348,23 @@ def format_table(plan: dict) -> str:
 
 def read_plan(workdir: str) -> dict:
   """The plan a `--config.mode=plan` run wrote to DIR/plan.json."""
-  return fileio.read_json(os.path.join(workdir, PLAN_FILE),
+  return fileio.read_json(workdir_lib.Workdir(workdir).plan_file,
                           fix="run --config.mode=plan again to rewrite it")
 
 
 def run(config, workdir: str):
   """Prints the plan, writes DIR/plan.json, and refuses (ValueError) a config that cannot fit."""
   memory, source = device_memory_bytes(config)
-  plan = finish_plan(denoiser_plan(config, workdir), memory, source)
+  plan = finish_plan(*denoiser_plan(config, workdir), memory, source,
+                     compile_step=bool(config.plan.get("compile", True)))
   if bool(config.plan.get("tokenizer", True)):
     plan["tokenizer"] = tokenizer_state_plan(config)
   if jax.process_index() == 0:
     print(format_table(plan), flush=True)
-    fileio.write_json_atomic(os.path.join(workdir, PLAN_FILE), plan)
+    fileio.write_json_atomic(workdir_lib.Workdir(workdir).plan_file, plan)
   if not plan["fits"]:
     raise ValueError(
         f"does not fit: {plan['total'] / GIB:.1f} GiB per device > {memory / GIB:.3g} GiB; "
         f"largest term: {plan['largest_term']} {plan['largest_term_bytes'] / GIB:.1f} GiB "
         f"(denoiser {plan['variant']}, mesh {plan['mesh']}; the breakdown is in "
-        f"{os.path.join(workdir, PLAN_FILE)})")
+        f"{workdir_lib.Workdir(workdir).plan_file})")

@@ -2,6 +2,7 @@
 
   DIR/config.json                     the run's config (written by the launcher)
   DIR/.lock                           host and pid of the run holding the folder
+  DIR/plan.json                       the memory plan of --config.mode=plan
   DIR/tokenizer/checkpoints/          orbax checkpoints of the tokenizer's train state
   DIR/tokenizer/tokenizer_config.json the config the tokenizer was trained with
   DIR/tokenizer/neighbours.npz        the GCE neighbour table [V, K] + weights
@@ -48,6 +49,7 @@ from mdd.utils import fileio
 TOKENIZER = "tokenizer"
 DENOISER = "denoiser"
 RUN_CONFIG = "config.json"
+PLAN = "plan.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 NEIGHBOURS = "neighbours.npz"
 COPIED_FROM = "copied_from.json"
@@ -75,6 +77,10 @@ class Workdir:
   @property
   def run_config_file(self) -> str:
     return os.path.join(self.root, RUN_CONFIG)
+
+  @property
+  def plan_file(self) -> str:
+    return os.path.join(self.root, PLAN)
 
   @property
   def tokenizer_dir(self) -> str:
@@ -213,8 +219,7 @@ class Workdir:
     """(unboxed parameters, step) of the latest denoiser checkpoint: only the EMA copy when the
     run kept one, else the raw parameters; placed by `sharding` (default: one device)."""
     abstract = jax.eval_shape(system.init_params, jax.random.key(0))
-    key = ("ema_params" if float(config.denoiser_train.get("ema_decay", 0.0)) > 0
-           else "params")
+    key = _eval_params_key(config)
     try:
       restored, step = checkpoints.restore_subtrees(
           self.checkpoints_dir(DENOISER), {key: checkpoints.on_device(abstract, sharding)},
@@ -261,8 +266,7 @@ class Workdir:
       raise FileNotFoundError(f"no denoiser checkpoint under {directory}")
     saved = _saved_shapes(directory, steps[0])
     if saved is None:  # Unreadable metadata: the restore below reports (or skips) the step.
-      key = ("ema_params" if float(self.load_run_config().denoiser_train.get("ema_decay", 0.0))
-             > 0 else "params")
+      key = _eval_params_key(self.load_run_config())
     else:
       key = "ema_params" if any(path[0] == "ema_params" for path in saved) else "params"
       _check_same_shapes(saved, key, target, f"{self.root} (step {steps[0]})")
@@ -312,6 +316,12 @@ class Workdir:
         shutil.copy2(src, tmp)
       os.replace(tmp, dst)
     return record
+
+
+def _eval_params_key(config) -> str:
+  """The train state's subtree that sampling and evaluation read: the EMA copy when the run
+  kept one."""
+  return "ema_params" if float(config.denoiser_train.get("ema_decay", 0.0)) > 0 else "params"
 
 
 def _check_finite(params, what: str):
@@ -398,6 +408,14 @@ def image_hw(data_cfg) -> tuple[int, int]:
   """(height, width) of the run's images from its `data` section."""
   res = loader.image_resolution(data_cfg)
   return (res, res) if isinstance(res, int) else (int(res[0]), int(res[1]))
+
+
+def token_grid(config) -> tuple[int, int]:
+  """(h, w) of the token grid the run's images encode to, from its `data` and `tokenizer`
+  sections (before a tokenizer is trained)."""
+  height, width = image_hw(config.data)
+  f = int(config.tokenizer.model.downsample_factor)
+  return height // f, width // f
 
 
 def to_uint8(images) -> np.ndarray:

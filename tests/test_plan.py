@@ -41,8 +41,7 @@ def _expected_denoiser_bytes(variant: str, mesh: str) -> int:
 @pytest.mark.parametrize("mesh", sorted(MESHES))
 def test_state_bytes_of_every_variant_from_abstract_shapes(tmp_path, mesh):
   for variant in denoiser_lib.VARIANTS:
-    plan = plan_lib.denoiser_plan(_config(variant, mesh), str(tmp_path), compile_step=False)
-    plan.pop("_setup")
+    plan, _ = plan_lib.denoiser_plan(_config(variant, mesh), str(tmp_path))
     state = plan["state"]
     assert plan["param_bytes"]["denoiser"] == _expected_denoiser_bytes(variant, mesh), variant
     params = state["params"]
@@ -55,7 +54,7 @@ def test_state_bytes_of_every_variant_from_abstract_shapes(tmp_path, mesh):
 def test_no_ema_term_without_ema(tmp_path):
   config = _config("S", "data")
   config.denoiser_train.ema_decay = 0.0
-  plan = plan_lib.denoiser_plan(config, str(tmp_path), compile_step=False)
+  plan, _ = plan_lib.denoiser_plan(config, str(tmp_path))
   assert plan["state"]["ema"] == 0
   assert plan["analytic_temp"]["update"] == plan["state"]["params"] + plan["state"]["optimizer"]
 
@@ -65,7 +64,7 @@ def test_remat_keeps_only_block_inputs(tmp_path):
   for remat in (False, True):
     config = _config("L", "data", batch_size=64)
     config.denoiser.remat = remat
-    plans[remat] = plan_lib.denoiser_plan(config, str(tmp_path), compile_step=False)
+    plans[remat], _ = plan_lib.denoiser_plan(config, str(tmp_path))
   full, remat = plans[False]["analytic_temp"], plans[True]["analytic_temp"]
   assert remat["activations"] * 4 < full["activations"]
   assert remat["update"] == full["update"]
@@ -74,11 +73,11 @@ def test_remat_keeps_only_block_inputs(tmp_path):
 @pytest.mark.parametrize("mesh,batch_size", [
     ("data", 8), pytest.param("fsdp", 16, marks=pytest.mark.slow)])  # A second ~30 s compile.
 def test_b_variant_agrees_with_the_compiled_step(tmp_path, mesh, batch_size):
-  """The done-criterion of issue 26: the plan's numbers for B within 10% of XLA's memory
-  analysis of the compiled step (1 or 2 examples per device)."""
+  """The plan's numbers for B within 10% of XLA's memory analysis of the compiled step (1 or 2
+  examples per device)."""
   config = _config("B", mesh, batch_size)
-  plan = plan_lib.finish_plan(plan_lib.denoiser_plan(config, str(tmp_path)), 80 * plan_lib.GIB,
-                              "test")
+  plan = plan_lib.finish_plan(*plan_lib.denoiser_plan(config, str(tmp_path)), 80 * plan_lib.GIB,
+                              "test", compile_step=True)
   compiled = plan["compiled"]
   assert compiled is not None and plan["total_source"] == "compiled"
   # The step's arguments are the state and the batch, exactly as the plan counts them (+ the

@@ -1,4 +1,4 @@
-"""ShapeGenEval v3: the holes of v2 (issue 29) as adversarial images, and robustness at 32 px.
+"""ShapeGenEval v3: the holes of v2 as adversarial images, and robustness at 32 px.
 
 Colour confetti (filling the frame, cut to a shape's outline, 40% of it in the prompted colour),
 a lattice of one colour around others, a fourth triangle just below ShapeGen's smallest object,

@@ -116,18 +116,12 @@ def _denoiser_system(config):
                                        neighbour_weights=weights)
 
 
-def _token_grid(config) -> tuple[int, int]:
-  height, width = workdir_lib.image_hw(config.data)
-  f = int(config.tokenizer.model.downsample_factor)
-  return height // f, width // f
-
-
 def _token_batches(config, batch_size: int) -> Iterator[dict]:
   """Random token batches gathered from an in-memory table, as token shards are read."""
   rng = np.random.default_rng(0)
   vocab, size = int(config.tokenizer.model.vocab_size), 4096
   max_len = int(config.text.max_len)
-  table = {"tokens": rng.integers(0, vocab, (size, *_token_grid(config))).astype(np.int32),
+  table = {"tokens": rng.integers(0, vocab, (size, *workdir_lib.token_grid(config))).astype(np.int32),
            "text_ids": rng.integers(2, 200, (size, max_len)).astype(np.int32),
            "text_len": rng.integers(8, max_len, size).astype(np.int32)}
   while True:
@@ -150,7 +144,7 @@ def measure_sampler(config, repeats: int) -> dict:
   batch = int(config.eval.shapes_geneval.batch_size)
   prompts = [m["prompt"] for m in prompts_lib.load_prompts("main")][:batch]
   prompts += prompts[:batch - len(prompts)]
-  grid = _token_grid(config)
+  grid = workdir_lib.token_grid(config)
   cfg = sampler_lib.SamplerConfig.from_config(config.sampler, mask_id=system.denoiser.mask_id)
   logits_fn = system.logits_fn(grid)
   tokens = jnp.full((batch, *grid), system.denoiser.mask_id, jnp.int32)

@@ -190,12 +190,19 @@ def test_training_on_images_encoded_on_the_fly_with_sample_summaries(trained):
   assert np.asarray(Image.open(summary)).ndim == 3
 
 
-def test_sample_cli_inpaints_a_box_and_keeps_the_rest(trained, tmp_path):
+def _source_image(tmp_path, index: int):
+  """A 32 px ShapeGen validation image and the PNG path it was saved to."""
   from mdd.data import shapes  # pylint: disable=import-outside-toplevel
-  workdir, _ = trained
-  source = shapes.generate_example(seed=0, index=3, split="validation", resolution=32)["image"]
+  source = shapes.generate_example(seed=0, index=index, split="validation",
+                                   resolution=32)["image"]
   path = str(tmp_path / "input.png")
   Image.fromarray(source).save(path)
+  return source, path
+
+
+def test_sample_cli_inpaints_a_box_and_keeps_the_rest(trained, tmp_path):
+  workdir, _ = trained
+  source, path = _source_image(tmp_path, 3)
   result = _main(workdir, "--config.mode=sample", f"--config.sample.edit_image={path}",
                  "--config.sample.edit_box=8,8,24,24", "--config.sample.outdir=edited",
                  "--config.sample.prompts=a photo of a red circle",
@@ -209,11 +216,8 @@ def test_sample_cli_inpaints_a_box_and_keeps_the_rest(trained, tmp_path):
 
 
 def test_sample_cli_outpaints_and_generates_on_another_canvas(trained, tmp_path):
-  from mdd.data import shapes  # pylint: disable=import-outside-toplevel
   workdir, _ = trained
-  source = shapes.generate_example(seed=0, index=5, split="validation", resolution=32)["image"]
-  path = str(tmp_path / "input.png")
-  Image.fromarray(source).save(path)
+  source, path = _source_image(tmp_path, 5)
   result = _main(workdir, "--config.mode=sample", f"--config.sample.edit_image={path}",
                  "--config.sample.outpaint=0,8,0,16", "--config.sample.outdir=outpainted",
                  "--config.sample.prompts=a photo of a red circle",

@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from mdd.data import loader
 from mdd.train import loop, metrics, state as state_lib
 from mdd.utils import checkpoints
 from mdd.utils import sharding
@@ -111,8 +112,9 @@ def test_restore_onto_a_different_mesh(tmp_path):
   loop.train(_task(10), _loop_cfg(), str(tmp_path), _mesh((2, 2, 2)), sharding.DEFAULT_RULES)
   other = _mesh((1, 4, 2))
   task = _task(10)
-  manager = checkpoints.manager(os.path.join(tmp_path, "toy", "checkpoints"))
-  state, _, step = loop.restore_or_init(task, manager, other, sharding.DEFAULT_RULES,
+  manager = checkpoints.manager(os.path.join(tmp_path, "toy", "checkpoints"),
+                                item_names=loop.CHECKPOINT_ITEMS)
+  state, _, step, _ = loop.restore_or_init(task, manager, other, sharding.DEFAULT_RULES,
                                         jax.random.key(0))
   assert step == 10
   assert state.params["w1"].value.sharding.mesh.shape == other.shape
@@ -235,3 +237,66 @@ def test_a_truncated_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, ca
                      sharding.DEFAULT_RULES)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                nn.unbox(state.params), nn.unbox(clean.params))
+
+
+class _PairSource:
+  """Example i: a fixed random regression pair, so each batch is determined by its indices."""
+
+  def __init__(self, n=40):
+    rng = np.random.default_rng(5)
+    self.x = rng.normal(size=(n, 8)).astype(np.float32)
+    self.y = np.tanh(self.x @ rng.normal(size=(8, 1))).astype(np.float32)
+
+  def __len__(self):
+    return len(self.x)
+
+  def __getitem__(self, i):
+    return {"x": self.x[i], "y": self.y[i]}
+
+
+def _grain_task(num_steps, calls, schedule_steps=None):
+  """The toy task on the grain pipeline; `calls` records each pipeline's start and restores."""
+  task = _task(num_steps, schedule_steps=schedule_steps)
+  source = _PairSource()
+
+  class Recorded(loader.MappedIterator):
+    def set_state(self, state):
+      calls.append(("set_state", state))
+      super().set_state(state)
+
+  def make_batches(start_step):
+    calls.append(("start", start_step))
+    return Recorded(loader.batch_iterator(source, batch_size=16, seed=2, start_step=start_step),
+                    lambda batch: batch)
+
+  task.make_batches = make_batches
+  return task
+
+
+def test_checkpoint_keeps_the_input_position_and_resume_restores_it(tmp_path):
+  """The data item of each checkpoint is the grain iterator's state; a resume restores it into
+  the stream the run started (not a new one at the step), and training continues bit-exactly."""
+  mesh = _mesh()
+  full = loop.train(_grain_task(20, []), _loop_cfg(), str(tmp_path / "full"), mesh,
+                    sharding.DEFAULT_RULES)
+  calls = []
+  loop.train(_grain_task(10, calls, schedule_steps=20), _loop_cfg(), str(tmp_path / "part"),
+             mesh, sharding.DEFAULT_RULES)
+  ckpt_dir = os.path.join(tmp_path, "part", "toy", "checkpoints")
+  with open(os.path.join(ckpt_dir, "10", "data", "metadata")) as f:
+    record = json.load(f)
+  assert record["step"] == 10 and record["start"] == 0
+  assert record["iterator"] == {"next_index": 10}
+  calls.clear()
+  resumed = loop.train(_grain_task(20, calls), _loop_cfg(), str(tmp_path / "part"), mesh,
+                       sharding.DEFAULT_RULES)
+  assert calls[:2] == [("start", 0), ("set_state", {"next_index": 10})]
+  for name in ("w1", "w2"):
+    np.testing.assert_array_equal(np.asarray(resumed.params[name].value),
+                                  np.asarray(full.params[name].value))
+  # A state that does not fit the pipeline falls back to starting the input at the step.
+  task = _grain_task(20, calls)
+  batches, start = loop.resume_batches(task, 10, {"step": 10, "start": 0,
+                                                  "iterator": {"bogus": 1}})
+  assert start == 10
+  np.testing.assert_array_equal(next(batches)["x"], next(task.make_batches(10))["x"])

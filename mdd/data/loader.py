@@ -1,28 +1,31 @@
-"""Input pipelines: random-access sources and one deterministic, resumable batch iterator.
+"""Input pipelines: random-access sources and one deterministic, resumable batch pipeline on grain.
 
 A *source* is anything with `__len__` and `__getitem__(i) -> dict` of numpy values (ShapeGen,
-a user folder, a TFDS dataset, token shards); a source may also offer `get_batch(indices) ->
-dict` of stacked arrays, equal to stacking `source[i]`, which `batch_iterator` then uses (one
-vectorised gather instead of a Python call per example: token shards and cached ShapeGen read a
-batch in about a millisecond). `batch_iterator` turns any source into per-process batches
-without TensorFlow:
+a user folder, ArrayRecord shards, a TFDS dataset, token shards); a source may also offer
+`get_batch(indices) -> dict` of stacked arrays, equal to stacking `source[i]`, which the
+pipeline then uses (one vectorised gather instead of a Python call per example: token shards and
+cached ShapeGen read a batch in about a millisecond). Sources must pickle (grain's worker
+processes receive them) and reopen their files lazily.
 
-* the example stream is the concatenation of epochs; epoch `e` visits the source in the order
-  `default_rng((seed, e)).permutation(n)` (or in order without shuffling);
+`batch_dataset` / `batch_iterator` turn a source into per-process batches with grain:
+
+* the example stream is the concatenation of epochs, each a permutation of the source drawn
+  by grain from `(seed, epoch)` (or in order without shuffling);
 * global batch `k` is stream positions `[k * G, (k + 1) * G)` with `G = batch_size *
-  process_count`, and process `p` takes the `p`-th contiguous `batch_size` slice, so processes
-  read disjoint examples and together exactly the global batch;
-* batch `k` depends only on `(seed, k)`, so `start_step=k` resumes exactly where a run from 0
-  would be at step `k`.
+  process_count`, and process `p` takes every `process_count`-th of them starting at `p`, so
+  processes read disjoint examples and together exactly the global batch;
+* batch `k` depends only on `(seed, k)`, so a pipeline started at step `k`, or one whose grain
+  iterator state was restored there, yields what a run from 0 yields at step `k`.
 
-`make_source(data_cfg, split)` builds the configured source (`mdd.data.sources`) and adds
-the byte-tokenized caption: `text_ids` int32 [max_len], `text_len`, `text_truncated`.
-ShapeGen renders can be cached in a `.npy` memory map under `data_cfg.cache_dir`.
+Decoding runs on threads or in grain worker processes (`num_workers`), with the same batches
+for any count. `make_source(data_cfg, split)` builds the configured source
+(`mdd.data.sources`) and adds the byte-tokenized caption: `text_ids` int32 [max_len],
+`text_len`, `text_truncated`. ShapeGen renders can be cached in a `.npy` memory map under
+`data_cfg.cache_dir`.
 """
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import hashlib
 import json
@@ -30,9 +33,11 @@ import multiprocessing
 import os
 import tempfile
 import time
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
+from absl import flags
 from absl import logging
+import grain
 import numpy as np
 
 from mdd.data import palette
@@ -290,11 +295,74 @@ def numeric_fields(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                                             or v.dtype == np.bool_)}
 
 
-def epoch_order(num_examples: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
-  """The order in which epoch `epoch` visits a source of `num_examples`."""
-  if not shuffle:
-    return np.arange(num_examples)
-  return np.random.default_rng((int(seed), int(epoch))).permutation(num_examples)
+class _ReadBatch:
+  """Index batch -> stacked example batch (+ `valid` with padding, + `transform`); a picklable
+  callable, so grain worker processes can run it."""
+
+  def __init__(self, source: RandomAccessSource, pad: bool,
+               transform: Callable[[Batch], Batch] | None):
+    self.source, self.pad, self.transform = source, pad, transform
+
+  def __call__(self, indices: np.ndarray) -> Batch:
+    indices = np.asarray(indices, np.int64)
+    valid = indices >= 0
+    batch = read_batch(self.source, np.where(valid, indices, 0))
+    if self.pad:
+      batch["valid"] = valid
+    return self.transform(batch) if self.transform is not None else batch
+
+
+class _PadTo(grain.MapDataset):
+  """`parent` followed by -1 up to `length` elements (the padding of a finite stream)."""
+
+  def __init__(self, parent: grain.MapDataset, length: int):
+    super().__init__(parent)
+    self._length = int(length)
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[index] if index < len(self._parent) else -1
+
+
+def batch_dataset(source: RandomAccessSource, *, batch_size: int, seed: int,
+                  process_index: int = 0, process_count: int = 1, shuffle: bool = True,
+                  num_epochs: int | None = None, drop_remainder: bool = True,
+                  transform: Callable[[Batch], Batch] | None = None) -> grain.MapDataset:
+  """This process's batches as a grain `MapDataset`: element `k` is its share of global batch `k`.
+
+  The example stream is `range(len(source))`, shuffled per epoch by grain from `seed` (each
+  epoch reseeded), repeated `num_epochs` times (None: forever). Global batch `k` is stream
+  positions `[k * G, (k + 1) * G)` with `G = batch_size * process_count`; process `p` takes the
+  positions `p, p + P, ...` of it, so processes read disjoint examples that together are the
+  global batch, and batch `k` depends only on (`seed`, `k`) and the source.
+
+  With finite `num_epochs` and `drop_remainder=False`, the last global batch is padded (with
+  example 0) and every batch gets a bool `valid` [batch_size] field.
+  """
+  num_examples = len(source)
+  if num_examples < 1:
+    raise ValueError("the data source is empty")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} must be in [0, {process_count})")
+  stream = grain.MapDataset.range(num_examples)
+  if shuffle:
+    stream = stream.shuffle(seed=int(seed) % 2**32)
+  stream = stream.repeat(num_epochs)
+  global_batch = batch_size * process_count
+  pad = num_epochs is not None and not drop_remainder
+  if pad:
+    stream = _PadTo(stream, -(-len(stream) // global_batch) * global_batch)
+  if num_epochs is not None and drop_remainder:
+    stream = stream[:len(stream) // global_batch * global_batch]
+  mine = stream[process_index::process_count]
+  indices = mine.batch(batch_size, drop_remainder=True, batch_fn=np.asarray)
+  return indices.map(_ReadBatch(source, pad, transform))
 
 
 def batch_iterator(source: RandomAccessSource, *, batch_size: int, seed: int,
@@ -302,105 +370,58 @@ def batch_iterator(source: RandomAccessSource, *, batch_size: int, seed: int,
                    drop_remainder: bool = True, shuffle: bool = True,
                    num_epochs: int | None = None,
                    transform: Callable[[Batch], Batch] | None = None,
-                   num_threads: int = 0, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
-  """Yields this process's batches (dicts of stacked numpy arrays) from `start_step` on.
+                   num_threads: int = 0, prefetch: int = 2,
+                   num_workers: int = 0) -> grain.DatasetIterator:
+  """This process's batches (dicts of stacked numpy arrays) from global step `start_step` on.
 
-  Args:
-    source: random-access source of example dicts.
-    batch_size: examples per batch *per process*; the global batch is `batch_size *
-      process_count`.
-    seed: shuffling seed (each epoch reshuffles with `(seed, epoch)`).
-    start_step: first global step to yield; the batches are those a run from 0 yields there.
-    process_index, process_count: this process and how many read the same stream
-      (`jax.process_index()`, `jax.process_count()`).
-    drop_remainder: with finite `num_epochs`, drop the last incomplete global batch; if False,
-      it is padded with the stream's first example and every batch gets a bool `valid`
-      [batch_size] field (False on padding).
-    shuffle: shuffle within each epoch (else read in order).
-    num_epochs: stop after this many passes; None = forever.
-    transform: applied to each stacked batch before it is yielded.
-    num_threads: load examples on this many threads (0 = in the caller's thread).
-    prefetch: batches loaded ahead when `num_threads > 0`.
+  A grain iterator over `batch_dataset(...)[start_step:]`: `get_state()` / `set_state()` save
+  and restore its position (the train loop keeps it in each checkpoint). Batches are read on
+  `num_threads` threads (0: in the caller's thread) with `prefetch` batches buffered, in
+  `num_workers` worker processes when > 0 (decoding runs there; same batches in the same order
+  for any worker count). See `batch_dataset` for the arguments and the batch contents.
   """
-  num_examples = len(source)
-  if num_examples < 1:
-    raise ValueError("batch_iterator needs a non-empty source")
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} must be in [0, {process_count})")
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}")
-  global_batch = batch_size * process_count
-  total = None if num_epochs is None else int(num_epochs) * num_examples
-  if total is None:
-    num_steps = None
-  elif drop_remainder:
-    num_steps = total // global_batch
-  else:
-    num_steps = -(-total // global_batch)
-
-  orders: dict[int, np.ndarray] = {}
-
-  def indices_for(step: int) -> tuple[np.ndarray, np.ndarray]:
-    positions = step * global_batch + process_index * batch_size + np.arange(batch_size)
-    valid = positions < total if total is not None else np.ones(batch_size, bool)
-    positions = np.where(valid, positions, 0)
-    epochs = positions // num_examples
-    needed = {int(e) for e in np.unique(epochs)}
-    for epoch in [e for e in orders if e not in needed]:  # Keep only what this batch reads.
-      del orders[epoch]
-    for epoch in needed - set(orders):
-      orders[epoch] = epoch_order(num_examples, seed, epoch, shuffle)
-    indices = np.array([orders[int(e)][p % num_examples] for e, p in zip(epochs, positions)])
-    return indices, valid
-
-  def finish(batch: Batch, valid: np.ndarray) -> Batch:
-    if not drop_remainder:
-      batch["valid"] = valid
-    return transform(batch) if transform is not None else batch
-
-  steps = _count(start_step, num_steps)
-  if num_threads <= 0:
-    for step in steps:
-      indices, valid = indices_for(step)
-      yield finish(read_batch(source, indices), valid)
-    return
-
-  # Batched sources get one task per batch (their gather is vectorised); others one per example.
-  batched = hasattr(source, "get_batch")
-  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-    pending = collections.deque()
-
-    def submit_next():
-      step = next(steps, None)
-      if step is not None:
-        indices, valid = indices_for(step)
-        if batched:
-          futures = [pool.submit(source.get_batch, indices)]
-        else:
-          futures = [pool.submit(source.__getitem__, int(i)) for i in indices]
-        pending.append((futures, valid))
-
-    def stacked(futures) -> Batch:
-      if batched:
-        return futures[0].result()
-      return stack_examples([f.result() for f in futures])
-
-    for _ in range(max(prefetch, 1)):
-      submit_next()
-    while pending:
-      futures, valid = pending.popleft()
-      submit_next()
-      yield finish(stacked(futures), valid)
+  if num_workers < 0 or num_threads < 0:
+    raise ValueError(f"num_workers={num_workers} and num_threads={num_threads} must be >= 0")
+  dataset = batch_dataset(source, batch_size=batch_size, seed=seed,
+                          process_index=process_index, process_count=process_count,
+                          shuffle=shuffle, num_epochs=num_epochs,
+                          drop_remainder=drop_remainder, transform=transform)
+  dataset = dataset[start_step:]
+  iterable = dataset.to_iter_dataset(grain.ReadOptions(
+      num_threads=int(num_threads), prefetch_buffer_size=int(prefetch) if num_threads else 0))
+  if num_workers > 0:
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (outside `app.run` too).
+      flags.FLAGS.mark_as_parsed()
+    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=int(num_workers), per_worker_buffer_size=max(int(prefetch), 1)))
+  return iter(iterable)
 
 
-def _count(start: int, stop: int | None) -> Iterator[int]:
-  """start, start + 1, ... up to `stop` (exclusive; None = forever)."""
-  step = start
-  while stop is None or step < stop:
-    yield step
-    step += 1
+class MappedIterator:
+  """`fn` applied to each batch of `iterator` (on the caller's thread), keeping the iterator's
+  `get_state` / `set_state` (for work that cannot run in a data worker, e.g. encoding images
+  with a model on the accelerator)."""
+
+  def __init__(self, iterator, fn: Callable[[Batch], Batch]):
+    self.iterator, self.fn = iterator, fn
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Batch:
+    return self.fn(next(self.iterator))
+
+  def get_state(self):
+    return self.iterator.get_state()
+
+  def set_state(self, state) -> None:
+    self.iterator.set_state(state)
+
+  def close(self) -> None:
+    if hasattr(self.iterator, "close"):
+      self.iterator.close()
 
 
 def num_steps_per_epoch(num_examples: int, batch_size: int, process_count: int = 1) -> int:
@@ -410,10 +431,11 @@ def num_steps_per_epoch(num_examples: int, batch_size: int, process_count: int =
 
 def batches_from_config(data_cfg, split: str, *, batch_size: int, seed: int,
                         start_step: int = 0, process_index: int = 0, process_count: int = 1,
-                        **kwargs) -> Iterator[dict[str, np.ndarray]]:
+                        **kwargs) -> grain.DatasetIterator:
   """`batch_iterator(make_source(data_cfg, split), ...)` with the config's loader settings."""
   kwargs.setdefault("num_threads", int(data_cfg.get("num_threads", 0)))
   kwargs.setdefault("prefetch", int(data_cfg.get("prefetch", 2)))
+  kwargs.setdefault("num_workers", int(data_cfg.get("num_workers", 0)))
   return batch_iterator(make_source(data_cfg, split), batch_size=batch_size, seed=seed,
                         start_step=start_step, process_index=process_index,
                         process_count=process_count, **kwargs)

@@ -40,6 +40,15 @@ class ByteTokenizer:
     # Sources may tokenize from several loader threads.
     self._lock = threading.Lock()
 
+  def __getstate__(self):  # Data worker processes get a copy with their own lock and counts.
+    state = dict(self.__dict__)
+    del state["_lock"]
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
   @property
   def vocab_size(self) -> int:
     return VOCAB_SIZE

@@ -113,8 +113,7 @@ def make_task(config, system: system_lib.DenoiserSystem,
     return state_lib.TrainState.create(system.init_params(rng), tx, ema_decay=ema_decay)
 
   def batches(start_step):
-    for batch in make_batches(start_step):
-      yield prepare(batch)
+    return loader.MappedIterator(make_batches(start_step), prepare)
 
   eval_prepared = [prepare(b) for b in (eval_batches or [])]
   return loop.Task(name="denoiser", init_state=init_state, train_step=make_train_step(system),

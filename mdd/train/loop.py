@@ -7,6 +7,7 @@ can scan: shardings, state (fresh or restored), step, checkpoints, metrics, loop
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -82,30 +83,82 @@ def abstract_state(task: Task, mesh: Mesh, rules) -> tuple[Any, Any]:
   return target, shardings
 
 
+# The items of a train checkpoint: the state, and the input pipeline's position.
+CHECKPOINT_ITEMS = ("default", "data")
+
+
 def restore_or_init(task: Task, manager, mesh: Mesh, rules, rng: jax.Array):
   """Restores the latest checkpoint onto this mesh, or creates a fresh sharded state (then
-  `task.warm_start`, if any)."""
+  `task.warm_start`, if any). Returns (state, shardings, step, data record or None): the record
+  is the input pipeline's position saved with the state (`resume_batches` reads it)."""
   target, shardings = abstract_state(task, mesh, rules)
   steps = sorted(manager.all_steps(), reverse=True)
   if steps:
     directory = str(manager.directory)
 
     def read(step):
-      return manager.restore(step, args=ocp.args.StandardRestore(target))
+      items = {"default": ocp.args.StandardRestore(target)}
+      if "data" in manager.item_metadata(step):
+        items["data"] = ocp.args.JsonRestore()
+      restored = manager.restore(step, args=ocp.args.Composite(**items))
+      return restored["default"], restored.get("data")
 
     def on_corrupt(step):
       if jax.process_index() == 0:
         checkpoints.set_aside(directory, step)
       manager.reload()
 
-    state, latest = checkpoints.first_readable(directory, steps, read, task.name, on_corrupt)
+    (state, data), latest = checkpoints.first_readable(directory, steps, read, task.name,
+                                                       on_corrupt)
     logging.info("%s: resuming from checkpoint step %d", task.name, latest)
-    return state, shardings, int(latest)
+    return state, shardings, int(latest), data
   with mesh, nn.logical_axis_rules(list(rules)):
     state = jax.jit(task.init_state, out_shardings=shardings)(rng)
     if task.warm_start is not None:
       state = task.warm_start(state)
-  return state, shardings, 0
+  return state, shardings, 0, None
+
+
+# --------------------------------------------------------------------------------------------
+# Input: the pipeline's position in the checkpoint, and batches prefetched onto the devices.
+
+def resume_batches(task: Task, step: int, record: dict | None):
+  """(the task's batches from `step`, the step their stream started at): the pipeline restored
+  from the checkpoint's data record when there is one (the grain iterator state of the stream
+  it started), else started at `step` (the same batches: batch k depends only on the seed, k
+  and the data)."""
+  if record and int(record.get("step", -1)) == step:
+    batches = task.make_batches(int(record["start"]))
+    if hasattr(batches, "set_state"):
+      try:
+        batches.set_state(record["iterator"])
+        return batches, int(record["start"])
+      except Exception as e:  # pylint: disable=broad-except  (a pipeline of another shape)
+        logging.warning("%s: the checkpoint's input pipeline state does not fit this pipeline "
+                        "(%s: %s); starting the input at step %d instead", task.name,
+                        type(e).__name__, e, step)
+    if hasattr(batches, "close"):
+      batches.close()
+  return task.make_batches(step), step
+
+
+def device_batches(batches, mesh: Mesh, size: int = 2):
+  """(global device batch, the host iterator's state just after it) for each host batch, with
+  `size` batches transferred ahead of the one being used."""
+  get_state = getattr(batches, "get_state", lambda: None)
+  queue = collections.deque()
+
+  def enqueue():
+    host = next(batches, None)
+    if host is not None:
+      queue.append((sharding_lib.shard_batch(host, mesh), get_state()))
+
+  for _ in range(max(size, 1)):
+    enqueue()
+  while queue:
+    item = queue.popleft()
+    enqueue()
+    yield item
 
 
 def jit_train_step(task: Task, state_shardings, step_rng: jax.Array):
@@ -154,12 +207,14 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
                               tensorboard=bool(loop_cfg.get("tensorboard", True)))
   manager = checkpoints.manager(os.path.join(out_dir, "checkpoints"),
                                keep=int(loop_cfg.get("keep_checkpoints", 2)),
-                               async_save=bool(loop_cfg.get("async_checkpoints", True)))
+                               async_save=bool(loop_cfg.get("async_checkpoints", True)),
+                               item_names=CHECKPOINT_ITEMS)
   rng = jax.random.key(seed)
   init_rng, step_rng = jax.random.split(rng)
 
   # State: restored or fresh, laid out by the logical rules.
-  state, state_shardings, start_step = restore_or_init(task, manager, mesh, rules, init_rng)
+  state, state_shardings, start_step, data_record = restore_or_init(task, manager, mesh, rules,
+                                                                    init_rng)
 
   jit_step = jit_train_step(task, state_shardings, step_rng)
 
@@ -181,7 +236,8 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
   else:
     logging.info("%s: training steps %d -> %d on mesh %s", task.name, start_step, total,
                  dict(mesh.shape))
-  batches = task.make_batches(start_step)
+  host_batches, stream_start = resume_batches(task, start_step, data_record)
+  batches = device_batches(host_batches, mesh, int(loop_cfg.get("device_prefetch", 2)))
   pending: list[dict] = []
   t_last, steps_since = time.time(), 0
   multi_process = jax.process_count() > 1
@@ -189,8 +245,7 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
   nonfinite_at, skipped = None, 0
   with mesh, nn.logical_axis_rules(list(rules)), _sigterm_flag() as sigterm:
     for step in range(start_step, total):
-      host_batch = next(batches)
-      batch = sharding_lib.shard_batch(host_batch, mesh)
+      batch, input_state = next(batches)
       state, step_metrics = jit_step(state, batch, np.int32(step))
       pending.append(step_metrics)
       steps_since += 1
@@ -225,11 +280,19 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
         writer.write_scalars(done, {f"eval/{k}": v for k, v in task.evaluate(state).items()
                                     if np.isscalar(v)})
       if save:
-        manager.save(done, args=ocp.args.StandardSave(state), force=preempted)
+        items = {"default": ocp.args.StandardSave(state)}
+        if input_state is not None:
+          # Every process is at the same position; the primary one writes it.
+          items["data"] = ocp.args.JsonSave({"step": done, "start": stream_start,
+                                             "iterator": input_state})
+        manager.save(done, args=ocp.args.Composite(**items), force=preempted)
         saved = done
       if preempted:
         break
   manager.wait_until_finished()
+  batches.close()
+  if hasattr(host_batches, "close"):
+    host_batches.close()
   if nonfinite_at is not None:
     writer.close()
     manager.close()

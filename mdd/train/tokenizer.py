@@ -248,6 +248,11 @@ def make_train_step(model, disc, tok_cfg, perceptual=None):
 # The task.
 
 
+def _images_only(batch: dict) -> dict:
+  """The tokenizer trains on images alone (a module-level function: grain workers pickle it)."""
+  return {"image": batch["image"]}
+
+
 def make_task(config) -> loop_lib.Task:
   """The loop `Task` for `config` (needs sections `tokenizer`, `data`, and `seed`)."""
   tok_cfg = config.tokenizer
@@ -270,10 +275,10 @@ def make_task(config) -> loop_lib.Task:
                      f"{process_count} processes")
 
   def make_batches(start_step: int):
-    batches = loader.batches_from_config(
+    return loader.batches_from_config(
         config.data, "train", batch_size=global_batch // process_count, seed=int(config.seed),
-        start_step=start_step, process_index=jax.process_index(), process_count=process_count)
-    return ({"image": batch["image"]} for batch in batches)
+        start_step=start_step, process_index=jax.process_index(), process_count=process_count,
+        transform=_images_only)
 
   roundtrip = reconstruction.make_roundtrip(model)
   eval_images = {}

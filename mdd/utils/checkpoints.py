@@ -16,11 +16,16 @@ import jax
 import orbax.checkpoint as ocp
 
 
-def manager(directory: str, keep: int = 2, async_save: bool = True) -> ocp.CheckpointManager:
-  """Orbax manager; saves go to a temporary folder that is renamed when complete (atomic)."""
+def manager(directory: str, keep: int = 2, async_save: bool = True,
+            item_names: tuple[str, ...] | None = None) -> ocp.CheckpointManager:
+  """Orbax manager; saves go to a temporary folder that is renamed when complete (atomic).
+
+  `item_names`: the named items of each step (the train loop: `("default", "data")`, the state
+  and the input pipeline's position); None for one unnamed item."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_names=item_names)
 
 
 def all_steps(directory: str) -> list[int]:

@@ -144,8 +144,9 @@ def test_the_weights_land_in_the_loops_shardings_on_a_2x2x2_mesh(runs, tmp_path)
   task = denoiser_train.make_task(config, run_dir.denoiser_system(config), lambda step: iter(()))
   task.warm_start = denoiser_train._warm_start(  # pylint: disable=protected-access
       run_dir, workdir_lib.Workdir(source))
-  manager = checkpoints.manager(str(tmp_path / "checkpoints"), async_save=False)
-  state, shardings, start = loop.restore_or_init(task, manager, mesh, rules, jax.random.key(0))
+  manager = checkpoints.manager(str(tmp_path / "checkpoints"), async_save=False,
+                                item_names=loop.CHECKPOINT_ITEMS)
+  state, shardings, start, _ = loop.restore_or_init(task, manager, mesh, rules, jax.random.key(0))
   manager.close()
   assert start == 0 and int(state.step) == 0
   final = _train_state(source, 4)["ema_params"]

@@ -6,7 +6,9 @@
   rules.py     `score_image`: GenEval's rules (its `evaluate_images.py`) over those detections
   runner.py    `score_layout` and `run`: GenEval's output layout generated, scored and written to
                `workdir/eval/shapes_geneval.json`; the reference generators; the CLI
-  __main__.py  `python -m mdd.eval.shapes_geneval`
+  agreement.py `--agreement`: the scorer against labels given by eye (a fixture in tests/fixtures,
+               labelled by the rules of AGREEMENT.md): agreement, precision, recall per tag
+  __main__.py  `python -m mdd.eval.shapes_geneval` (runner's CLI, or agreement's with --agreement)
 
 The prompt set (GenEval's six tags and phrasing over `palette.SHAPES` x `palette.COLOR_NAMES`,
 in GenEval's `evaluation_metadata.jsonl` schema: `main`, 504 prompts that avoid every held-out
@@ -19,6 +21,7 @@ for the references, shapes_geneval_layout.json for a scored layout; none overwri
   python -m mdd.eval.shapes_geneval --workdir DIR --generator=reconstruction  # tokenizer ceiling
   python -m mdd.eval.shapes_geneval --workdir DIR --generator=model           # needs a checkpoint
   python -m mdd.eval.shapes_geneval --workdir DIR --layout GENEVAL_OUT_DIR    # score a layout
+  python -m mdd.eval.shapes_geneval --agreement [--out=FILE.json]             # vs. labels by eye
 """
 
 from mdd.data.prompts import PROMPT_SETS, load_prompts, read_metadata_file

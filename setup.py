@@ -13,19 +13,23 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets>=4.9",
     "clu>=0.0.12",
     "grain>=0.2",
-    "array-record>=0.8",
+    "array-record>=0.8.6",
+    "etils[epath]>=1.7",
+    "gcsfs>=2024.2",  # gs:// through etils.epath where TensorFlow is absent
     "numpy>=2.0",
     "pillow>=10",
     "scipy>=1.12",
     "absl-py>=2.0",
     "safetensors>=0.4",
+    "tokenizers>=0.15",  # T5's tokenizer.json (SentencePiece/Unigram)
     "tqdm>=4.60",
 ]
 
 EXTRAS = {
     # Builds TFDS datasets and writes TensorBoard summaries on the CPU set-up.
     "tf": ["tensorflow-cpu>=2.16", "tensorboard>=2.16", "importlib_resources"],
-    "test": ["pytest>=8", "scikit-image>=0.22"],
+    # gcp-storage-emulator: the local GCS that the remote-workdir tests write to.
+    "test": ["pytest>=8", "scikit-image>=0.22", "gcp-storage-emulator>=2024.8"],
     # Plots of the ablation report (python -m mdd.experiments.ablate --report=...).
     "report": ["matplotlib>=3.8"],
 }

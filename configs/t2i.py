@@ -1,4 +1,5 @@
-r"""Text-to-image on your own image-text data (folder or TFDS) at 256, 512 or 1024 px.
+r"""Text-to-image on your own image-text data (ArrayRecord shards, a folder or TFDS) at 256, 512
+or 1024 px.
 
 The tokenizer (VQ, f=16, 2^14 codes; `vocab=18` for 2^18), the denoiser variant, the text
 encoder and the masking schedule follow the resolution. Typical runs on a GPU/TPU host:
@@ -8,14 +9,18 @@ encoder and the masking schedule follow the resolution. Typical runs on a GPU/TP
       --config.eval.geneval.metadata_file=/bench/geneval/evaluation_metadata.jsonl \
       --config.eval.dpg.prompts_dir=/bench/dpg/prompts \
       --config.eval.fid.weights=/weights/pt_inception.pth --config.eval.fid.ref_stats=/ref.npz
+  python -m mdd.data.convert --input=/data/laion_tars --format=webdataset --output=gs://b/pairs
+  python -m mdd.main --config=configs/t2i.py:res=256,variant=1B,source=arrayrecord \
+      --config.data.records=gs://b/pairs --workdir=gs://b/t2i_256_1B
   python -m mdd.main --config=configs/t2i.py:res=512,variant=XL,source=tfds \
       --config.data.tfds_name=my_dataset --workdir=/ckpt/t2i_512_XL
   python -m mdd.main --config=configs/t2i.py:res=256,variant=B,text=t5 \
       --config.text.path=/models/t5-v1_1-xl --workdir=...
 
-Args (comma list): res=256|512|1024, variant=mu|S|B|L|XL|1B|3B, source=folder|tfds,
-text=minilm|t5|byte, vocab=14|18, runlocal (ShapeGen at 64 px and tiny models, a few steps of
-every stage on a CPU: `python -m mdd.main --config=configs/t2i.py:runlocal --workdir=/tmp/t2i`).
+Args (comma list): res=256|512|1024, variant=mu|S|B|L|XL|1B|3B,
+source=arrayrecord|folder|tfds|shapes, text=minilm|t5|byte, vocab=14|18, runlocal (64 px, tiny
+models, a few steps of every stage on a CPU; on ShapeGen unless a source is given:
+`python -m mdd.main --config=configs/t2i.py:runlocal --workdir=/tmp/t2i`).
 The eval stage writes GenEval and DPG-Bench layouts and FID: their files are checked before
 anything trains (or leave the stage out: `--config.pipeline_stages=train_tokenizer,pretokenize,
 train,sample`).
@@ -32,17 +37,19 @@ _RES = {
     1024: dict(batch_size=64, num_steps=200_000, shift=5.0, sampler_steps=64),
 }
 _LARGE = ("L", "XL", "1B", "3B")
+_SOURCES = ("arrayrecord", "folder", "tfds", "shapes")
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, config_name="t2i", res=256, variant="B", source="folder",
+  args = common.parse_arg(arg, config_name="t2i", res=256, variant="B", source="",
                           text="minilm", vocab=14, runlocal=False)
   res, variant, source, text_kind = args.res, args.variant, args.source, args.text
   vocab_bits, runlocal = args.vocab, args.runlocal
   if res not in _RES:
     raise ValueError(f"configs/t2i.py: res={res} is not one of {sorted(_RES)}")
-  if source not in ("folder", "tfds"):
-    raise ValueError(f"configs/t2i.py: source={source!r} is not folder or tfds")
+  source = source or ("shapes" if runlocal else "folder")
+  if source not in _SOURCES:
+    raise ValueError(f"configs/t2i.py: source={source!r} is not one of {', '.join(_SOURCES)}")
   if vocab_bits not in (14, 18):
     raise ValueError(f"configs/t2i.py: vocab={vocab_bits} is not 14 or 18")
   setting = _RES[res]
@@ -91,7 +98,6 @@ def get_config(arg=None):
 
   if runlocal:
     c.mesh.data, c.mesh.fsdp = -1, 1
-    c.data.source = "shapes"  # Runs anywhere: procedural data instead of the user's folder.
     c.data.resolution = 64
     c.data.train_size, c.data.validation_size, c.data.heldout_size = 512, 128, 128
     c.data.num_threads = 0
@@ -108,7 +114,12 @@ def get_config(arg=None):
     t.log_every, t.ckpt_every, t.eval_every = 1, 5, 0
     c.sampler.num_steps = 4
     c.tokenizer.eval.num_examples = 64
-    c.eval.evals = ("shapes_geneval",)
-    c.eval.shapes_geneval.images_per_prompt = 1
+    if source == "shapes":
+      c.eval.evals = ("shapes_geneval",)
+      c.eval.shapes_geneval.images_per_prompt = 1
+    else:  # FID of held-out captions' samples against the same held-out images.
+      c.eval.evals = ("fid",)
+      c.eval.fid.ref_stats = "dataset"
+      c.eval.fid.num_samples, c.eval.fid.batch_size = 16, 8
   return c
 

@@ -56,12 +56,23 @@ def data_config() -> ml_collections.ConfigDict:
   c.manifest = "manifest.jsonl"
   c.verify_images = True     # decode every image once at start; unreadable ones are skipped
   c.validation_fraction = 0.0  # share of entries (by path hash) in the validation split
-  # TFDS (needs TensorFlow): e.g. "shape_gen/res32", built locally on first use.
+  # ArrayRecord shards from `python -m mdd.data.convert`: their directory (train-*/validation-*
+  # shards), or a glob or comma list of shards; local or remote (gs://...).
+  c.records = ""
+  # TFDS (needs TensorFlow): e.g. "shape_gen/res32", built locally on first use (process 0).
   c.tfds_name = ""
   c.tfds_data_dir = ""
-  # Loader: threads reading examples and batches prefetched ahead (0 threads = inline).
+  c.tfds_image_key = "image"   # feature paths: "image", "captions/text", "objects/label"
+  c.tfds_caption_key = "caption"
+  c.tfds_split_map = ""        # mdd split -> dataset split, e.g. "validation=test"
+  # Train-split crop of arrayrecord and tfds images: center | random (window from (seed,
+  # index)); other splits are always centre-cropped.
+  c.crop = "center"
+  # Loader: threads reading batches, batches prefetched ahead (0 threads = inline), and grain
+  # worker processes decoding them (0 = none; the same batches for any count).
   c.num_threads = 0
   c.prefetch = 2
+  c.num_workers = 0
   return c
 
 
@@ -156,6 +167,7 @@ def tokenizer_config(size: str | None = None) -> ml_collections.ConfigDict:
   c.loop.summary_every = 0
   c.loop.eval_every = 0
   c.loop.keep_checkpoints = 2
+  c.loop.async_checkpoints = True   # write checkpoints while training goes on
   c.loop.nonfinite = "stop"         # a NaN/Inf step: stop (no save) | skip the update
   if size is not None:
     _apply_overrides(c, size)
@@ -271,6 +283,7 @@ def denoiser_train_config() -> ml_collections.ConfigDict:
   c.eval_every = 0
   c.summary_every = 0        # sample fixed prompts every N steps (0 = never)
   c.keep_checkpoints = 2
+  c.async_checkpoints = True  # write checkpoints while training goes on
   c.nonfinite = "stop"       # a NaN/Inf step: stop (no save) | skip the update
   c.tensorboard = True
   c.eval_batches = 4         # held-out batches in the final evaluation
@@ -318,7 +331,9 @@ def eval_config() -> ml_collections.ConfigDict:
   # FID with the FID Inception (pytorch-fid weights, local file); >= 2048 samples.
   c.fid = ml_collections.ConfigDict()
   c.fid.weights = ""            # pt_inception-2015-12-05-6726825d.pth or .safetensors/.npz
-  c.fid.ref_stats = ""          # .npz with mu/sigma (e.g. an ADM reference batch)
+  # .npz with mu/sigma of the held-out split's images, or "dataset": computed from the images
+  # of the held-out examples whose captions are the prompts (mdd.data.captions).
+  c.fid.ref_stats = ""
   c.fid.num_samples = 2048
   c.fid.batch_size = 50
   return c
@@ -327,7 +342,7 @@ def eval_config() -> ml_collections.ConfigDict:
 def sample_config() -> ml_collections.ConfigDict:
   """`--config.mode=sample`: prompts in, DIR/samples/ (grid, trajectory, per-prompt PNGs) out."""
   c = ml_collections.ConfigDict()
-  c.prompts = ""          # "|"-separated; "" = a fixed set of ShapeGenEval prompts
+  c.prompts = ""          # "|"-separated; "" = 16 held-out captions (ShapeGen: its prompts)
   c.prompts_file = ""     # one prompt per line
   c.num_per_prompt = 1
   c.seed_offset = 0

@@ -1,7 +1,8 @@
 r"""Entry point: `python -m mdd.main --config=configs/NAME.py[:arg] --workdir=DIR [--config.a.b=v]`.
 
 Validates the config (one line per problem, before anything compiles), optionally joins a
-multi-process job, then dispatches on `config.mode`.
+multi-process job, then dispatches on `config.mode`. `--workdir` may be a local folder or a URL
+(`gs://bucket/run`, see `mdd.utils.fileio`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ml_collections import config_flags
 
 from mdd import validate as config_validation
 from mdd.stages import resolve_mode
+from mdd.utils import fileio
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
                                           lock_config=True)
@@ -76,13 +78,14 @@ class _QuietLibraries(logging.Filter):
 def enable_compilation_cache(config, workdir: str) -> str:
   """Turns on JAX's persistent compilation cache at `config.compilation_cache_dir` (relative:
   under the workdir; "" = off), so a resumed run loads its programs instead of re-compiling
-  them. Returns the directory ("" when off)."""
+  them (JAX reads and writes it through etils.epath, so a `gs://` workdir holds it too). Returns
+  the directory ("" when off)."""
   cache = config.get("compilation_cache_dir", "")
   if not cache:
     return ""
   import jax  # pylint: disable=import-outside-toplevel
   path = os.path.join(workdir, os.path.expanduser(cache))
-  os.makedirs(path, exist_ok=True)
+  fileio.makedirs(path)
   jax.config.update("jax_compilation_cache_dir", path)
   return path
 
@@ -106,18 +109,28 @@ def _config_arg(argv=None) -> str:
 
 
 def _usable_workdir(path: str) -> str:
-  """The absolute workdir, created if needed; a file or a folder this process cannot write is
-  one line."""
-  workdir = os.path.abspath(os.path.expanduser(path))
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  """The absolute workdir (a URL as given), created if needed; a file or a local folder this
+  process cannot write is one line (on an object store a missing permission shows at the first
+  write)."""
+  workdir = fileio.absolute(path)
+  if fileio.exists(workdir) and not fileio.isdir(workdir):
     raise ValueError(f"--workdir={path} is a file, not a folder")
   try:
-    os.makedirs(workdir, exist_ok=True)
+    fileio.makedirs(workdir)
   except OSError as e:
-    raise ValueError(f"--workdir={path} cannot be created: {e.strerror}") from None
-  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise ValueError(f"--workdir={path} cannot be created: {e.strerror or e}") from None
+  if not fileio.is_remote(workdir) and not os.access(workdir, os.W_OK | os.X_OK):
     raise ValueError(f"--workdir={path} is not writable by this user")
   return workdir
+
+
+def data_cache_dir(workdir: str, cache_dir: str) -> str:
+  """Where the data cache lives: `cache_dir` when absolute, else under the workdir, or, for a
+  remote workdir, under the local mirror of it (`fileio.local_mirror`), since the loader
+  memory-maps its cache files."""
+  cache_dir = os.path.expanduser(cache_dir)
+  root = fileio.local_mirror(workdir) if fileio.is_remote(workdir) else workdir
+  return os.path.join(root, cache_dir)
 
 
 def main(argv):
@@ -152,12 +165,12 @@ def main(argv):
     enable_compilation_cache(config, workdir)
     data = config.get("data")
     if data is not None and data.get("cache_dir"):  # A relative cache lives in the workdir.
-      data.cache_dir = os.path.join(workdir, os.path.expanduser(data.cache_dir))
+      data.cache_dir = data_cache_dir(workdir, data.cache_dir)
     # The modes that define the model record its config, so sample/eval CLIs given only the
     # workdir rebuild the same model. A fresh workdir records it at once; an existing one only
     # once the run is accepted (a config whose checkpoints do not fit fails first).
     records_config = config.mode in ("pipeline", "train_tokenizer", "pretokenize", "train")
-    if records_config and not os.path.exists(run_dir.run_config_file):
+    if records_config and not fileio.exists(run_dir.run_config_file):
       run_dir.save_run_config(config)
     try:
       run_fn(config, workdir)

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -97,7 +96,7 @@ def _ways(mesh, rules, name: str) -> int:
 def _vocab_and_table(config, run_dir: workdir_lib.Workdir):
   """(V, neighbour table or None): the run's table when the tokenizer is trained, else a
   placeholder of the shape the tokenizer config will produce (memory depends on shapes only)."""
-  if os.path.exists(run_dir.neighbours_file):
+  if fileio.exists(run_dir.neighbours_file):
     table = run_dir.load_neighbours()
     return table.vocab_size, (table.neighbours, table.weights)
   model = config.tokenizer.model

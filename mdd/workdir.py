@@ -17,6 +17,9 @@
 
 Trained parts load from the model's abstract shapes (`jax.eval_shape` of its init) and read only
 the parameters (EMA when the run kept one) out of a checkpoint, never an optimizer or train state.
+
+DIR may be a local folder or a URL (`gs://bucket/run`): paths are strings joined with
+`os.path.join`, and every file is read and written through `mdd.utils.fileio` (etils.epath).
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import dataclasses
 import errno
 import json
 import os
-import shutil
 import socket
 import time
 from typing import Any
@@ -61,7 +63,7 @@ class Workdir:
   """Paths of a run folder and loaders of what its stages trained."""
 
   def __init__(self, root: str):
-    self.root = os.path.abspath(os.path.expanduser(root))
+    self.root = fileio.absolute(root)
 
   def __repr__(self) -> str:
     return f"Workdir({self.root!r})"
@@ -131,41 +133,29 @@ class Workdir:
 
     A lock of a process that no longer runs on this host is stale and taken over; a live one,
     or one of another host (whose process cannot be checked from here), is a one-line error
-    naming the holder."""
-    os.makedirs(self.root, exist_ok=True)
+    naming the holder. On an object store taking the lock is best effort (see
+    `fileio.create_exclusive`)."""
+    fileio.makedirs(self.root)
     mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
     for _ in range(2):
-      try:
-        fd = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except FileExistsError:
-        holder = self._read_lock()
-        if holder is not None and not _is_stale(holder):
-          raise ValueError(
-              f"{self.root} is in use by pid {holder.get('pid')} on {holder.get('host')} "
-              f"({self.lock_file}); wait for that run, or delete the lock file if it is gone")
-        try:
-          os.remove(self.lock_file)  # Stale (or unreadable): take it over.
-        except FileNotFoundError:
-          pass
-        continue
-      with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(mine, f)
-      break
+      if fileio.create_exclusive(self.lock_file, json.dumps(mine)):
+        break
+      holder = self._read_lock()
+      if holder is not None and not _is_stale(holder):
+        raise ValueError(
+            f"{self.root} is in use by pid {holder.get('pid')} on {holder.get('host')} "
+            f"({self.lock_file}); wait for that run, or delete the lock file if it is gone")
+      fileio.remove(self.lock_file)  # Stale (or unreadable): take it over.
     else:
       raise ValueError(f"cannot take the lock {self.lock_file}")
     try:
       yield
     finally:
       if (self._read_lock() or {}).get("pid") == mine["pid"]:
-        with contextlib.suppress(FileNotFoundError):
-          os.remove(self.lock_file)
+        fileio.remove(self.lock_file)
 
   def _read_lock(self) -> dict | None:
-    try:
-      with open(self.lock_file, encoding="utf-8") as f:
-        return json.load(f)
-    except (OSError, ValueError):
-      return None
+    return fileio.read_json_record(self.lock_file)
 
   # The run's config.
   def save_run_config(self, config):
@@ -202,7 +192,7 @@ class Workdir:
     return TrainedTokenizer(model=model, params=params, step=step)
 
   def load_neighbours(self) -> neighbours_lib.NeighbourTable:
-    if not os.path.exists(self.neighbours_file):
+    if not fileio.exists(self.neighbours_file):
       raise FileNotFoundError(f"{self.neighbours_file} not found (the tokenizer stage writes it: "
                               "run --config.mode=train_tokenizer)")
     return neighbours_lib.load_table(self.neighbours_file)
@@ -235,9 +225,9 @@ class Workdir:
   def source_problem(self) -> str | None:
     """Why this folder cannot start another run, in one line; None when it can (an mdd workdir
     with an exported tokenizer and a denoiser checkpoint). Reads only the file system."""
-    if not os.path.isdir(self.root):
+    if not fileio.isdir(self.root):
       return f"{self.root} is not a folder"
-    if not os.path.exists(self.run_config_file):
+    if not fileio.exists(self.run_config_file):
       return f"{self.root} is not an mdd workdir (it has no {RUN_CONFIG})"
     # Step folders are listed, not asked of orbax: its manager starts JAX's backend, and the
     # launcher validates before a multi-process job is joined.
@@ -245,8 +235,8 @@ class Workdir:
       return (f"{self.root} has no denoiser checkpoint under {self.checkpoints_dir(DENOISER)} "
               "(train that run first: --config.mode=train)")
     if (not _step_folders(self.checkpoints_dir(TOKENIZER))
-        or not os.path.exists(self.tokenizer_config_file)
-        or not os.path.exists(self.neighbours_file)):
+        or not fileio.exists(self.tokenizer_config_file)
+        or not fileio.exists(self.neighbours_file)):
       return (f"{self.root} has no exported tokenizer (checkpoint, {TOKENIZER_CONFIG} and "
               f"{NEIGHBOURS} under {self.tokenizer_dir})")
     return None
@@ -285,7 +275,8 @@ class Workdir:
     """Makes `source`'s trained tokenizer this run's: its newest checkpoint, config, neighbour
     table and evaluation, recorded in DIR/tokenizer/copied_from.json. The record is written
     first and each piece lands by a rename, so a rerun after a kill completes the copy of the
-    same step. Returns the record. Call it on one process."""
+    same step (on an object store the rename is a second copy). Returns the record. Call it on
+    one process."""
     record = self.tokenizer_copied_from()
     if record is None:
       steps = source.checkpoint_steps(TOKENIZER)
@@ -301,20 +292,17 @@ class Workdir:
               (os.path.join(source.tokenizer_dir, "eval.json"),
                os.path.join(self.tokenizer_dir, "eval.json"), False)]
     for src, dst, required in pieces:
-      if os.path.exists(dst) or (not required and not os.path.exists(src)):
+      if fileio.exists(dst) or (not required and not fileio.exists(src)):
         continue
-      if not os.path.exists(src):
+      if not fileio.exists(src):
         raise FileNotFoundError(f"{src} not found: the tokenizer of {source.root} cannot be "
                                 f"copied (recorded in {self.copied_from_file})")
-      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      fileio.makedirs(os.path.dirname(dst))
       tmp = os.path.join(self.tokenizer_dir, f".copy-tmp-{os.path.basename(dst)}")
-      if os.path.isdir(tmp):
-        shutil.rmtree(tmp)
-      if os.path.isdir(src):
-        shutil.copytree(src, tmp)
-      else:
-        shutil.copy2(src, tmp)
-      os.replace(tmp, dst)
+      if fileio.isdir(tmp):
+        fileio.rmtree(tmp)
+      fileio.copy(src, tmp)
+      fileio.move(tmp, dst)
     return record
 
 
@@ -336,10 +324,8 @@ def _check_finite(params, what: str):
 def _step_folders(directory: str) -> list[str]:
   """The complete step folders of a checkpoint directory (orbax renames a step's folder to its
   number only once the step is written)."""
-  if not os.path.isdir(directory):
-    return []
-  return [name for name in os.listdir(directory)
-          if name.isdigit() and os.path.isdir(os.path.join(directory, name))]
+  return [name for name in fileio.listdir(directory)
+          if name.isdigit() and fileio.isdir(os.path.join(directory, name))]
 
 
 def _saved_shapes(directory: str, step: int) -> dict[tuple[str, ...], tuple] | None:
@@ -394,14 +380,10 @@ def _is_stale(holder: dict) -> bool:
 
 
 def _read_config(path: str, hint: str) -> ml_collections.ConfigDict:
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     raise FileNotFoundError(f"{path} not found: {hint}")
-  with open(path, encoding="utf-8") as f:
-    try:
-      return ml_collections.ConfigDict(json.load(f))
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path} is not valid JSON ({e}); restore it or use a fresh --workdir") \
-          from None
+  return ml_collections.ConfigDict(
+      fileio.read_json(path, fix="restore it or use a fresh --workdir"))
 
 
 def image_hw(data_cfg) -> tuple[int, int]:

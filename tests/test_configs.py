@@ -19,6 +19,7 @@ CASES = [
     "shapes_tiny:runlocal,vocab=10", "shapes_gpu", "shapes_gpu:vocab=18", "shapes_gpu:runlocal",
     "t2i", "t2i:runlocal", "t2i:res=256,variant=B", "t2i:res=512,variant=L", "t2i:res=512,variant=XL,source=tfds",
     "t2i:res=1024,variant=1B", "t2i:res=256,variant=B,text=t5", "t2i:text=byte,vocab=18",
+    "t2i:res=256,variant=1B,source=arrayrecord", "t2i:runlocal,source=arrayrecord",
 ]
 
 
@@ -30,10 +31,14 @@ def _runnable(spec):
     config.data.folder = "my_images"
   if config.data.source == "tfds":
     config.data.tfds_name = "my_dataset"
+  if config.data.source == "arrayrecord":
+    config.data.records = "my_records"
   # The real benchmarks' files are the user's too, and checked before anything trains.
   needed = {"geneval": ("metadata_file",), "dpg": ("prompts_dir",), "fid": ("weights", "ref_stats")}
   for name in config.eval.evals:
     for field in needed.get(name, ()):
+      if config.eval[name][field]:  # Set by the config itself (e.g. FID against the dataset).
+        continue
       assert any(p.startswith(f"eval.{name}.{field}: required") for p in validate.validate(config))
       config.eval[name][field] = f"my_{field}"
   return config

@@ -1,4 +1,4 @@
-"""Input pipelines: sources, per-process sharding, deterministic shuffling, resumption, TFDS."""
+"""Input pipelines: sources, per-process sharding, deterministic shuffling, resumption."""
 
 import json
 import os
@@ -181,22 +181,3 @@ def _with(cfg, **fields):
   for key, value in fields.items():
     setattr(cfg, key, value)
   return cfg
-
-
-def test_tfds_builder_matches_generate_example(tmp_path):
-  tfds = pytest.importorskip("tensorflow_datasets")  # Absent only on the TF-free GPU image.
-  from mdd.data import shapes_tfds  # pylint: disable=g-import-not-at-top
-  config = shapes_tfds.ShapeGenConfig(name="tiny", resolution=32, seed=2, num_train=5,
-                                      num_validation=2, num_heldout=3)
-  builder = shapes_tfds.ShapeGen(config=config, data_dir=str(tmp_path))
-  source = loader.TfdsSource(builder, "heldout")
-  assert len(source) == 3
-  for i in range(3):
-    expected = shapes.generate_example(2, i, "heldout", 32)
-    np.testing.assert_array_equal(source[i]["image"], expected["image"])
-    for key in ("caption", "tag", "metadata"):
-      assert source[i][key] == expected[key]
-  assert len(loader.TfdsSource(builder, "train")) == 5
-  assert builder.info.splits["validation"].num_examples == 2
-  assert {c.name for c in shapes_tfds.ShapeGen.BUILDER_CONFIGS} >= {"res32", "res256"}
-  assert isinstance(builder, tfds.core.GeneratorBasedBuilder)

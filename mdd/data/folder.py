@@ -1,9 +1,9 @@
 """User data: a folder of images with a `manifest.jsonl` of captions, as a random-access source.
 
 Layout: `ROOT/manifest.jsonl`, one JSON object per line, `{"image": "relative/path.png",
-"caption": "..."}`; image paths are relative to ROOT. Every image is decoded, converted to RGB
-(transparency over white, EXIF rotation applied), centre-cropped to the target aspect and resized
-(bicubic) to the target resolution, uint8 [H, W, 3].
+"caption": "..."}`; image paths are relative to ROOT. Every image is decoded and fitted by
+`mdd.data.images` (RGB, transparency over white, EXIF rotation applied, centre crop to the
+target aspect, bicubic resize to the target resolution), uint8 [H, W, 3].
 
 Bad data never crashes a job: manifest lines that are not valid JSON or lack the fields, missing
 files and images that do not decode are skipped and counted (`stats()`, `skipped`, one warning
@@ -25,41 +25,19 @@ import zlib
 from typing import Sequence
 
 from absl import logging
-import numpy as np
-from PIL import Image, ImageOps
 
+from mdd.data import images
 from mdd.data import loader
+from mdd.utils import pickling
 
 MANIFEST = "manifest.jsonl"
-
-
-def _size(resolution: int | Sequence[int]) -> tuple[int, int]:
-  if isinstance(resolution, (int, np.integer)):
-    return int(resolution), int(resolution)
-  height, width = (int(r) for r in resolution)
-  return height, width
-
-
-def load_image(path: str, resolution: int | Sequence[int]) -> np.ndarray:
-  """Decodes `path` to uint8 [H, W, 3]: RGB, centre crop to the aspect, bicubic resize."""
-  height, width = _size(resolution)
-  with Image.open(path) as image:
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-      rgba = image.convert("RGBA")
-      image = Image.new("RGB", rgba.size, (255, 255, 255))
-      image.paste(rgba, mask=rgba.getchannel("A"))
-    else:
-      image = image.convert("RGB")
-    image = ImageOps.fit(image, (width, height), Image.BICUBIC)
-    return np.array(image, np.uint8)
 
 
 def _in_validation(path: str, validation_fraction: float) -> bool:
   return zlib.crc32(path.encode("utf-8")) / 2**32 < validation_fraction
 
 
-class FolderSource:
+class FolderSource(pickling.FreshLockOnUnpickle):
   """Random access to the good (image, caption) pairs of a folder + manifest.
 
   `source[i]` -> {"image": uint8 [H, W, 3], "caption": str, "path": str (relative)}.
@@ -76,11 +54,8 @@ class FolderSource:
     if not os.path.isfile(manifest_path):
       raise ValueError(f"no manifest at {manifest_path} (expected JSON lines "
                        '{"image": relative path, "caption": str})')
-    height, width = _size(resolution)
-    if min(height, width) < 1:
-      raise ValueError(f"resolution must be positive, got {resolution!r}")
     self.root = root
-    self.resolution = (height, width)
+    self.resolution = images.size_of(resolution)
     self.skipped: list[tuple[str, str]] = []  # (manifest line or path, reason)
     self._num_fallbacks = 0
     self._lock = threading.Lock()
@@ -124,7 +99,7 @@ class FolderSource:
     """Keeps the entries whose image decodes (decoding runs on `num_threads` threads)."""
     def check(entry):
       try:
-        load_image(os.path.join(self.root, entry[0]), self.resolution)
+        images.load(os.path.join(self.root, entry[0]), self.resolution)
         return None
       except Exception as error:  # pylint: disable=broad-except
         return f"unreadable image: {type(error).__name__}: {error}"
@@ -147,7 +122,7 @@ class FolderSource:
     for step in range(len(self)):
       path, caption = self._entries[(index + step) % len(self)]
       try:
-        image = load_image(os.path.join(self.root, path), self.resolution)
+        image = images.load(os.path.join(self.root, path), self.resolution)
       except Exception as error:  # pylint: disable=broad-except
         with self._lock:
           self._num_fallbacks += 1
@@ -156,8 +131,15 @@ class FolderSource:
       return {"image": image, "caption": caption, "path": path}
     raise ValueError(f"no image in {self.root} can be read any more")
 
+  def caption(self, index: int) -> str:
+    """The manifest caption of example `index` (no image is read; evaluation prompts)."""
+    if not -len(self) <= index < len(self):
+      raise IndexError(f"index {index} out of range for {len(self)} examples")
+    return self._entries[index][1]
+
   def stats(self) -> dict[str, int]:
-    """{"num_examples", "num_skipped", "num_fallbacks"} (fallbacks: failures after start-up)."""
+    """{"num_examples", "num_skipped", "num_fallbacks"} (fallbacks: failures after start-up;
+    counted per process, so a data worker's own count stays in the worker)."""
     with self._lock:
       return {"num_examples": len(self), "num_skipped": len(self.skipped),
               "num_fallbacks": self._num_fallbacks}

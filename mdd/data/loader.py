@@ -37,7 +37,6 @@ from typing import Any, Callable, Protocol, Sequence
 
 from absl import flags
 from absl import logging
-import grain
 import numpy as np
 
 from mdd.data import palette
@@ -180,37 +179,6 @@ def _render_chunk(args) -> tuple[np.ndarray, list[tuple[str, str, str]]]:
           [(e["caption"], e["tag"], e["metadata"]) for e in examples])
 
 
-class TfdsSource:
-  """A prepared TFDS dataset read by random access (ArrayRecord); needs TensorFlow Datasets.
-
-  Builds the dataset first if needed (ShapeGen's builder generates locally, no download).
-  Bytes features come back as `str`.
-  """
-
-  def __init__(self, name_or_builder, split: str, data_dir: str | None = None):
-    """`name_or_builder`: a registered name ("shape_gen/res32") or a TFDS builder instance."""
-    try:
-      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    except ImportError as error:
-      raise ValueError("data.source=tfds needs tensorflow-datasets and tensorflow (the `tf` "
-                       "extra); use source=shapes or folder without them") from error
-    if isinstance(name_or_builder, str):
-      if name_or_builder.split("/")[0] == "shape_gen":
-        from mdd.data import shapes_tfds  # pylint: disable=g-import-not-at-top,unused-import
-      builder = tfds.builder(name_or_builder, data_dir=data_dir or None)
-    else:
-      builder = name_or_builder
-    builder.download_and_prepare(file_format="array_record")
-    self._source = builder.as_data_source(split=split)
-
-  def __len__(self) -> int:
-    return len(self._source)
-
-  def __getitem__(self, index: int) -> dict:
-    example = self._source[index]
-    return {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in example.items()}
-
-
 class TokenizedSource:
   """Adds `text_ids`, `text_len`, `text_truncated` for the `caption` of each example."""
 
@@ -255,13 +223,6 @@ def shapegen_from_config(data_cfg, split: str) -> ShapeGenSource:
                         resolution=image_resolution(data_cfg), tags=_tags(data_cfg),
                         cache_dir=data_cfg.get("cache_dir") or None,
                         num_workers=int(data_cfg.get("cache_workers", 0)))
-
-
-def tfds_from_config(data_cfg, split: str) -> TfdsSource:
-  """The `tfds` entry of `mdd.data.sources.SOURCES`."""
-  if not data_cfg.tfds_name:
-    raise ValueError("data.tfds_name must be set for source=tfds")
-  return TfdsSource(data_cfg.tfds_name, split, data_cfg.get("tfds_data_dir") or None)
 
 
 def make_source(data_cfg, split: str) -> RandomAccessSource:
@@ -312,26 +273,27 @@ class _ReadBatch:
     return self.transform(batch) if self.transform is not None else batch
 
 
-class _PadTo(grain.MapDataset):
+def _pad_to(parent, length: int):
   """`parent` followed by -1 up to `length` elements (the padding of a finite stream)."""
+  import grain  # pylint: disable=g-import-not-at-top
 
-  def __init__(self, parent: grain.MapDataset, length: int):
-    super().__init__(parent)
-    self._length = int(length)
+  class PadTo(grain.MapDataset):
 
-  def __len__(self) -> int:
-    return self._length
+    def __len__(self) -> int:
+      return int(length)
 
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
-    return self._parent[index] if index < len(self._parent) else -1
+    def __getitem__(self, index):
+      if isinstance(index, slice):
+        return self.slice(index)
+      return self._parent[index] if index < len(self._parent) else -1
+
+  return PadTo(parent)
 
 
 def batch_dataset(source: RandomAccessSource, *, batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1, shuffle: bool = True,
                   num_epochs: int | None = None, drop_remainder: bool = True,
-                  transform: Callable[[Batch], Batch] | None = None) -> grain.MapDataset:
+                  transform: Callable[[Batch], Batch] | None = None):
   """This process's batches as a grain `MapDataset`: element `k` is its share of global batch `k`.
 
   The example stream is `range(len(source))`, shuffled per epoch by grain from `seed` (each
@@ -341,8 +303,10 @@ def batch_dataset(source: RandomAccessSource, *, batch_size: int, seed: int,
   global batch, and batch `k` depends only on (`seed`, `k`) and the source.
 
   With finite `num_epochs` and `drop_remainder=False`, the last global batch is padded (with
-  example 0) and every batch gets a bool `valid` [batch_size] field.
+  example 0) and every batch gets a bool `valid` [batch_size] field. (grain is imported here,
+  not at the top: the TF-free accelerator images that only benchmark need not have it.)
   """
+  import grain  # pylint: disable=g-import-not-at-top
   num_examples = len(source)
   if num_examples < 1:
     raise ValueError("the data source is empty")
@@ -357,7 +321,7 @@ def batch_dataset(source: RandomAccessSource, *, batch_size: int, seed: int,
   global_batch = batch_size * process_count
   pad = num_epochs is not None and not drop_remainder
   if pad:
-    stream = _PadTo(stream, -(-len(stream) // global_batch) * global_batch)
+    stream = _pad_to(stream, -(-len(stream) // global_batch) * global_batch)
   if num_epochs is not None and drop_remainder:
     stream = stream[:len(stream) // global_batch * global_batch]
   mine = stream[process_index::process_count]
@@ -371,7 +335,7 @@ def batch_iterator(source: RandomAccessSource, *, batch_size: int, seed: int,
                    num_epochs: int | None = None,
                    transform: Callable[[Batch], Batch] | None = None,
                    num_threads: int = 0, prefetch: int = 2,
-                   num_workers: int = 0) -> grain.DatasetIterator:
+                   num_workers: int = 0):
   """This process's batches (dicts of stacked numpy arrays) from global step `start_step` on.
 
   A grain iterator over `batch_dataset(...)[start_step:]`: `get_state()` / `set_state()` save
@@ -380,6 +344,7 @@ def batch_iterator(source: RandomAccessSource, *, batch_size: int, seed: int,
   `num_workers` worker processes when > 0 (decoding runs there; same batches in the same order
   for any worker count). See `batch_dataset` for the arguments and the batch contents.
   """
+  import grain  # pylint: disable=g-import-not-at-top
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}")
   if num_workers < 0 or num_threads < 0:
@@ -431,7 +396,7 @@ def num_steps_per_epoch(num_examples: int, batch_size: int, process_count: int =
 
 def batches_from_config(data_cfg, split: str, *, batch_size: int, seed: int,
                         start_step: int = 0, process_index: int = 0, process_count: int = 1,
-                        **kwargs) -> grain.DatasetIterator:
+                        **kwargs):
   """`batch_iterator(make_source(data_cfg, split), ...)` with the config's loader settings."""
   kwargs.setdefault("num_threads", int(data_cfg.get("num_threads", 0)))
   kwargs.setdefault("prefetch", int(data_cfg.get("prefetch", 2)))

@@ -32,9 +32,15 @@ SOURCES: dict[str, Source] = {
     # A user folder of images with a manifest.jsonl of {"image", "caption"} lines.
     "folder": Source("mdd.data.folder:from_config", required=("folder",),
                      hint="a directory with manifest.jsonl", splits=("train", "validation")),
+    # mdd's ArrayRecord shards of image-caption pairs (written by python -m mdd.data.convert).
+    "arrayrecord": Source("mdd.data.records:from_config", required=("records",),
+                          hint="a directory of train-*/validation-*.array_record shards from "
+                               "python -m mdd.data.convert, or a glob or comma list of shards",
+                          splits=("train", "validation")),
     # Any prepared TensorFlow Datasets dataset (needs the `tf` extra).
-    "tfds": Source("mdd.data.loader:tfds_from_config", required=("tfds_name",),
-                   hint="a TFDS name such as shape_gen/res32"),
+    "tfds": Source("mdd.data.tfds_source:from_config", required=("tfds_name",),
+                   hint="a TFDS name such as coco_captions/2017 or shape_gen/res32 (prepared as "
+                        "array_record by process 0 in data.tfds_data_dir)"),
 }
 
 

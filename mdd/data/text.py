@@ -15,6 +15,8 @@ from typing import Sequence
 from absl import logging
 import numpy as np
 
+from mdd.utils import pickling
+
 PAD_ID = 0
 EOS_ID = 1
 _BYTE_OFFSET = 2
@@ -22,7 +24,7 @@ VOCAB_SIZE = 256 + _BYTE_OFFSET
 
 
 @dataclasses.dataclass
-class ByteTokenizer:
+class ByteTokenizer(pickling.FreshLockOnUnpickle):
   """UTF-8 bytes -> int32 ids of fixed length `max_len` (pad 0); counts truncations.
 
   Attributes:
@@ -38,15 +40,6 @@ class ByteTokenizer:
     if self.max_len < 1 + int(self.append_eos):
       raise ValueError(f"text max_len must be >= {1 + int(self.append_eos)}, got {self.max_len}")
     # Sources may tokenize from several loader threads.
-    self._lock = threading.Lock()
-
-  def __getstate__(self):  # Data worker processes get a copy with their own lock and counts.
-    state = dict(self.__dict__)
-    del state["_lock"]
-    return state
-
-  def __setstate__(self, state):
-    self.__dict__.update(state)
     self._lock = threading.Lock()
 
   @property

@@ -5,12 +5,16 @@ holds examples [s * shard_size, (s + 1) * shard_size) of the split: `tokens` int
 (the image's token ids), `index` int64 [n], and every other field of the source's examples but
 the image, stacked (strings as unicode arrays). `mdd.train.pretokenize` writes them;
 `TokenShardSource` is the random-access reader (`len`, `[i]`) the loader batches from.
+
+The folder may be local or a URL (`gs://`), read through `mdd.utils.fileio`. A shard is read
+whole into memory the first time an example of it is asked for, and kept (`cache_shards`): an
+`.npz` member cannot be memory-mapped, locally or remotely, so a remote shard costs one download
+per process and nothing is cached on local disk.
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import os
 import zipfile
 from typing import Any
@@ -19,6 +23,7 @@ import jax
 import numpy as np
 
 from mdd.data import loader
+from mdd.utils import fileio
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -46,19 +51,16 @@ class TokenShardSource:
     if split is not None:
       directory = os.path.join(directory, split)
     path = os.path.join(directory, MANIFEST)
-    if not os.path.exists(path):
+    if not fileio.exists(path):
       raise FileNotFoundError(f"no token shards in {directory} (run --config.mode=pretokenize)")
-    with open(path, encoding="utf-8") as f:
-      try:
-        self.manifest = json.load(f)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); delete {directory} and rerun "
-                         "--config.mode=pretokenize") from None
+    self.manifest = fileio.read_json(
+        path, fix=f"delete {directory} and rerun --config.mode=pretokenize")
     self.directory = directory
     self.num_examples = int(self.manifest["num_examples"])
     self.shard_size = int(self.manifest["shard_size"])
+    present = set(fileio.listdir(directory))
     missing = [s for s in range(int(self.manifest["num_shards"]))
-               if not os.path.exists(shard_path(directory, s))]
+               if os.path.basename(shard_path(directory, s)) not in present]
     if missing:
       raise ValueError(f"{directory}: pretokenization incomplete, {len(missing)} of "
                        f"{self.manifest['num_shards']} shards missing (e.g. {missing[:3]}); "
@@ -83,8 +85,7 @@ class TokenShardSource:
       return self._cache[shard]
     path = shard_path(self.directory, shard)
     try:
-      with np.load(path) as data:
-        arrays = {k: data[k] for k in data.files}
+      arrays = fileio.load_npz(path)
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError) as e:
       raise ValueError(f"token shard {path} is corrupt ({type(e).__name__}: {e}); delete it "
                        "and rerun --config.mode=pretokenize to rewrite it") from None

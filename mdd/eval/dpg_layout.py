@@ -3,7 +3,8 @@
 DPG-Bench ships its prompts as `prompts/<name>.txt` (one prompt per file) and scores
 `OUT/<name>.png`, a grid of four samples side by side without padding, which its script cuts back
 into tiles of the generation resolution. Sample j of the i-th prompt file (sorted by name) uses
-seed `seed + 4 * i + j`.
+seed `seed + 4 * i + j`. The prompt folder and OUT may be local or URLs (`gs://`, through
+`mdd.utils.fileio`); each grid is written whole, so a rerun skips exactly the finished ones.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import os
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
 from mdd.eval import geneval_layout
+from mdd.utils import fileio
 
 GenerateFn = geneval_layout.GenerateFn
 GRID = 2  # 2 x 2 samples per prompt
@@ -23,13 +24,13 @@ SAMPLES_PER_PROMPT = GRID * GRID
 
 def read_prompt_files(prompts_dir: str) -> list[tuple[str, str]]:
   """[(name without .txt, prompt text)] of every `.txt` file in `prompts_dir`, sorted by name."""
-  if not os.path.isdir(prompts_dir):
+  if not fileio.isdir(prompts_dir):
     raise ValueError(f"DPG-Bench prompt directory not found: {prompts_dir!r}")
   out = []
-  for filename in sorted(os.listdir(prompts_dir)):
+  for filename in fileio.listdir(prompts_dir):
     if filename.endswith(".txt"):
-      with open(os.path.join(prompts_dir, filename), encoding="utf-8") as f:
-        out.append((filename[:-len(".txt")], f.read().strip()))
+      text = fileio.read_text(os.path.join(prompts_dir, filename))
+      out.append((filename[:-len(".txt")], text.strip()))
   if not out:
     raise ValueError(f"no .txt prompt files in {prompts_dir!r}")
   return out
@@ -62,12 +63,13 @@ def generate_grids(generate_fn: GenerateFn, prompts_dir: str, outdir: str,
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   prompts = read_prompt_files(prompts_dir)
-  os.makedirs(outdir, exist_ok=True)
+  fileio.makedirs(outdir)
+  done = set(fileio.listdir(outdir))
   paths = [os.path.join(outdir, f"{name}.png") for name, _ in prompts]
-  todo = [i for i, path in enumerate(paths) if not os.path.isfile(path)]
+  todo = [i for i, path in enumerate(paths) if os.path.basename(path) not in done]
   geneval_layout.generate_per_prompt(
       generate_fn, [text for _, text in prompts], todo, SAMPLES_PER_PROMPT, batch_size, seed,
-      lambda i, images: Image.fromarray(make_grid(images)).save(paths[i]), "DPG-Bench")
+      lambda i, images: geneval_layout.write_png(paths[i], make_grid(images)), "DPG-Bench")
   return paths
 
 

@@ -9,6 +9,7 @@
 * `tokenizer_feature_distance` is the same Fréchet distance on features of *any* `feature_fn`
   (e.g. the VQ tokenizer's encoder) for offline runs; it is NOT FID and must not be reported
   as FID.
+* Files (images, statistics, results) may be local or URLs (`gs://`): `mdd.utils.fileio`.
 
 CLI:
   python -m mdd.eval.fid --weights pt_inception-2015-12-05-6726825d.pth \
@@ -17,6 +18,7 @@ CLI:
 
 import argparse
 import glob
+import io
 import json
 import os
 import sys
@@ -25,7 +27,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from mdd.data import prompts as prompts_lib
+from mdd.data import captions as captions_lib
 from mdd.utils import fileio
 
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -64,15 +66,14 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def save_statistics(path: str, mu, sigma) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  np.savez(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+  fileio.save_npz(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
 
 
 def load_statistics(path: str) -> tuple[np.ndarray, np.ndarray]:
   """Reads `mu`, `sigma` from a statistics `.npz` (ours or an ADM reference batch)."""
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):
     raise ValueError(f"statistics file not found: {path!r}")
-  with np.load(path) as data:
+  with fileio.open_npz(path) as data:
     if "mu" not in data.files or "sigma" not in data.files:
       raise ValueError(f"{path!r} has no mu/sigma arrays (keys: {data.files})")
     return data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
@@ -83,11 +84,24 @@ def load_statistics(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 def list_image_files(directory: str) -> list[str]:
   """All image files under `directory` (recursive, sorted): also reads the GenEval layout."""
-  if not os.path.isdir(directory):
+  if not fileio.isdir(directory):
     raise ValueError(f"image directory not found: {directory!r}")
+  if fileio.is_remote(directory):
+    return sorted(_remote_image_files(directory))
   files = [p for p in glob.glob(os.path.join(directory, "**", "*"), recursive=True)
            if p.lower().endswith(_IMAGE_EXTENSIONS) and os.path.isfile(p)]
   return sorted(files)
+
+
+def _remote_image_files(directory: str):
+  """Image files under a remote folder: one listing per folder, names with an image extension
+  taken as files (a recursive glob is refused by epath on object stores)."""
+  for name in fileio.listdir(directory):
+    child = os.path.join(directory, name)
+    if name.lower().endswith(_IMAGE_EXTENSIONS):
+      yield child
+    elif fileio.isdir(child):
+      yield from _remote_image_files(child)
 
 
 def iterate_image_batches(source: str, batch_size: int) -> Iterable[np.ndarray]:
@@ -96,7 +110,7 @@ def iterate_image_batches(source: str, batch_size: int) -> Iterable[np.ndarray]:
   A batch never mixes image sizes (the network resizes each image to 299 itself).
   """
   if source.endswith(".npz"):
-    with np.load(source) as data:
+    with fileio.open_npz(source) as data:
       key = "arr_0" if "arr_0" in data.files else "images" if "images" in data.files else None
       if key is None:
         raise ValueError(f"{source!r} has no image array 'arr_0' or 'images' ({data.files})")
@@ -109,7 +123,8 @@ def iterate_image_batches(source: str, batch_size: int) -> Iterable[np.ndarray]:
     return
   batch = []
   for path in list_image_files(source):
-    image = np.asarray(Image.open(path).convert("RGB"))
+    with Image.open(io.BytesIO(fileio.read_bytes(path))) as picture:
+      image = np.asarray(picture.convert("RGB"))
     if batch and image.shape != batch[0].shape:
       yield np.stack(batch)
       batch = []
@@ -168,7 +183,7 @@ def inception_statistics(source: str, weights: str, batch_size: int = 50):
 def reference_statistics(ref: str, weights: str, batch_size: int = 50):
   """(mu, sigma) from a statistics `.npz` (mu/sigma keys), else from the images it names."""
   if ref.endswith(".npz"):
-    with np.load(ref) as data:
+    with fileio.open_npz(ref) as data:
       has_stats = "mu" in data.files and "sigma" in data.files
     if has_stats:
       return load_statistics(ref)
@@ -213,8 +228,7 @@ def _run_cli(args):
     result = {"fid": frechet_distance(mu, sigma, ref_mu, ref_sigma), "num_images": num_images}
     print(json.dumps(result))
     if args.out:
-      with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+      fileio.write_json_atomic(args.out, result)
 
 
 if __name__ == "__main__":
@@ -222,17 +236,28 @@ if __name__ == "__main__":
 
 
 def evaluate(generator, section, workdir: str) -> dict:
-  """The `fid` entry of `mdd.eval.registry`: FID of the trained model's samples of ShapeGen's
-  prompts against `section.ref_stats`, written to DIR/eval/fid.json."""
+  """The `fid` entry of `mdd.eval.registry`: FID of the trained model's samples against
+  `section.ref_stats`, written to DIR/eval/fid.json.
+
+  Prompts: `captions.prompts_for(config.data)`, the held-out split's captions (ShapeGen: its
+  prompt set). `ref_stats="dataset"` takes the reference from the images of those same held-out
+  examples (each once), so prompts and reference come from one split; a statistics file must
+  have been computed from that split's images for the same to hold.
+  """
   batch_size = int(section.batch_size)
-  prompts = [m["prompt"] for m in prompts_lib.load_prompts("main")]
   n = int(section.num_samples)
-  prompts = [prompts[i % len(prompts)] for i in range(n)]
+  data_cfg = generator.config.data
+  prompts = captions_lib.prompts_for(data_cfg, n)
   images = generator.generate_fn(batch_size)(prompts, list(range(n)))
   feature_fn = inception_feature_fn(section.weights, batch_size)
   batches = (images[i:i + batch_size] for i in range(0, n, batch_size))
   mu, sigma = compute_statistics(features_of(batches, feature_fn))
-  value = frechet_distance(mu, sigma, *load_statistics(section.ref_stats))
+  if section.ref_stats == "dataset":
+    reference = captions_lib.validation_image_batches(data_cfg, n, batch_size=batch_size)
+    ref_mu, ref_sigma = compute_statistics(features_of(reference, feature_fn, "reference"))
+  else:
+    ref_mu, ref_sigma = load_statistics(section.ref_stats)
+  value = frechet_distance(mu, sigma, ref_mu, ref_sigma)
   result = {"fid": float(value), "num_images": int(len(images))}
   fileio.write_json_atomic(os.path.join(workdir, "eval", "fid.json"), result)
   print(f"FID {value:.3f} over {len(images)} images", flush=True)

@@ -12,15 +12,18 @@ batch size, and an interrupted run resumes at the first incomplete prompt folder
 `generate_fn` may carry a `fingerprint` (a JSON-able dict of what its images depend on: checkpoint
 step, sampler settings); it is kept in OUT/generator.json, and a layout written with another
 fingerprint is cleared and regenerated instead of resumed.
+
+OUT may be local or a URL (`gs://`): files go through `mdd.utils.fileio`, each written whole
+(a sample that exists is complete, so resuming never keeps a half-written PNG).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import re
-import shutil
 from typing import Callable, Sequence
 
 import numpy as np
@@ -41,22 +44,46 @@ def sample_path(outdir: str, index: int, sample: int) -> str:
   return os.path.join(prompt_dir(outdir, index), "samples", f"{sample:04d}.png")
 
 
-def _is_complete(outdir: str, index: int, images_per_prompt: int) -> bool:
-  return (os.path.isfile(os.path.join(prompt_dir(outdir, index), "metadata.jsonl"))
-          and all(os.path.isfile(sample_path(outdir, index, j))
-                  for j in range(images_per_prompt)))
+def _complete_prompts(outdir: str, count: int, images_per_prompt: int) -> set[int]:
+  """The prompt indices below `count` whose folder holds metadata.jsonl and every sample (one
+  listing of OUT, then one per prompt folder present)."""
+  done = set()
+  present = set(fileio.listdir(outdir))
+  for index in range(count):
+    if f"{index:05d}" not in present:
+      continue
+    folder = prompt_dir(outdir, index)
+    samples = set(fileio.listdir(os.path.join(folder, "samples")))
+    if (fileio.exists(os.path.join(folder, "metadata.jsonl"))
+        and all(f"{j:04d}.png" in samples for j in range(images_per_prompt))):
+      done.add(index)
+  return done
+
+
+def write_png(path: str, image: np.ndarray) -> None:
+  """Writes a uint8 [H, W, 3] image as a PNG, whole or not at all (`fileio`)."""
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format="PNG")
+  fileio.write_bytes_atomic(path, buffer.getvalue())
+
+
+def read_image(path: str) -> np.ndarray:
+  """A local or remote image file as uint8 [H, W, 3]."""
+  with Image.open(io.BytesIO(fileio.read_bytes(path))) as image:
+    return np.asarray(image.convert("RGB"))
 
 
 def write_prompt(outdir: str, index: int, metadata: dict, images: Sequence[np.ndarray]) -> None:
-  """Writes one prompt folder: metadata.jsonl and samples/<04d>.png."""
-  os.makedirs(os.path.join(prompt_dir(outdir, index), "samples"), exist_ok=True)
-  with open(os.path.join(prompt_dir(outdir, index), "metadata.jsonl"), "w") as f:
-    json.dump(metadata, f)
-  for j, image in enumerate(images):
-    image = np.asarray(image)
+  """Writes one prompt folder: samples/<04d>.png, then metadata.jsonl."""
+  images = [np.asarray(image) for image in images]
+  for image in images:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
       raise ValueError(f"samples must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
-    Image.fromarray(image).save(sample_path(outdir, index, j))
+  fileio.makedirs(os.path.join(prompt_dir(outdir, index), "samples"))
+  for j, image in enumerate(images):
+    write_png(sample_path(outdir, index, j), image)
+  fileio.write_text_atomic(os.path.join(prompt_dir(outdir, index), "metadata.jsonl"),
+                           json.dumps(metadata))
 
 
 def generate_layout(generate_fn: GenerateFn, metadata: Sequence[dict], outdir: str,
@@ -74,7 +101,8 @@ def generate_layout(generate_fn: GenerateFn, metadata: Sequence[dict], outdir: s
     if "prompt" not in entry:
       raise ValueError(f"metadata line {i} has no 'prompt': {entry!r}")
   _check_fingerprint(outdir, getattr(generate_fn, "fingerprint", None))
-  todo = [i for i in range(len(metadata)) if not _is_complete(outdir, i, images_per_prompt)]
+  done = _complete_prompts(outdir, len(metadata), images_per_prompt)
+  todo = [i for i in range(len(metadata)) if i not in done]
   generate_per_prompt(generate_fn, [m["prompt"] for m in metadata], todo, images_per_prompt,
                       batch_size, seed,
                       lambda i, images: write_prompt(outdir, i, metadata[i], images), desc)
@@ -90,13 +118,12 @@ def _check_fingerprint(outdir: str, fingerprint: dict | None) -> None:
     return
   path = os.path.join(outdir, FINGERPRINT_FILE)
   previous = fileio.read_json_record(path)
-  stale = [name for name in (os.listdir(outdir) if os.path.isdir(outdir) else [])
-           if _FOLDER.match(name)]
+  stale = [name for name in fileio.listdir(outdir) if _FOLDER.match(name)]
   if stale and previous != fingerprint:
     logging.warning("%s: images were made with other settings (%s); regenerating %d prompts",
                     outdir, "unknown" if previous is None else "changed", len(stale))
     for name in stale:
-      shutil.rmtree(os.path.join(outdir, name))
+      fileio.rmtree(os.path.join(outdir, name))
   fileio.write_json_atomic(path, fingerprint)
 
 
@@ -129,29 +156,28 @@ def generate_per_prompt(generate_fn: GenerateFn, prompts: Sequence[str], todo: S
 
 def read_layout(outdir: str) -> list[dict]:
   """Reads a GenEval layout: [{"index", "metadata", "images": [sorted sample paths]}]."""
-  if not os.path.isdir(outdir):
+  if not fileio.isdir(outdir):
     raise ValueError(f"GenEval layout directory not found: {outdir!r}")
   entries = []
-  for name in sorted(os.listdir(outdir)):
+  for name in fileio.listdir(outdir):
     folder = os.path.join(outdir, name)
-    if not _FOLDER.match(name) or not os.path.isdir(folder):
+    if not _FOLDER.match(name) or not fileio.isdir(folder):
       continue
     meta_path = os.path.join(folder, "metadata.jsonl")
-    if not os.path.isfile(meta_path):
+    if not fileio.isfile(meta_path):
       raise ValueError(f"{folder!r} has no metadata.jsonl")
-    with open(meta_path) as f:
-      metadata = json.load(f)  # one JSON object, as GenEval's evaluator reads it
+    metadata = json.loads(fileio.read_text(meta_path))  # one JSON object, as GenEval reads it
     samples = os.path.join(folder, "samples")
-    images = sorted(os.path.join(samples, n) for n in
-                    (os.listdir(samples) if os.path.isdir(samples) else []) if _SAMPLE.match(n))
+    images = sorted(os.path.join(samples, n) for n in fileio.listdir(samples)
+                    if _SAMPLE.match(n))
     entries.append({"index": int(name), "metadata": metadata, "images": images})
   return entries
 
 
 def evaluate(generator, section, workdir: str) -> dict:
   """The `geneval` entry of `mdd.eval.registry`: GenEval's layout of the trained model."""
-  with open(section.metadata_file, encoding="utf-8") as f:
-    metadata = [json.loads(line) for line in f if line.strip()]
+  metadata = [json.loads(line) for line in fileio.read_text(section.metadata_file).splitlines()
+              if line.strip()]
   outdir = section.outdir or os.path.join(workdir, "eval", "geneval")
   return generate_layout(generator.generate_fn(int(section.batch_size)), metadata, outdir,
                          images_per_prompt=int(section.images_per_prompt),

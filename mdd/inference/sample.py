@@ -1,7 +1,8 @@
 """`--config.mode=sample`: prompts -> PNGs, `samples/grid.png`, `samples/trajectory.gif`.
 
 Prompts come from `config.sample.prompts` ("|"-separated) or `config.sample.prompts_file` (one
-per line), else a fixed set of ShapeGenEval prompts. Each prompt gets `num_per_prompt` samples
+per line), else 16 captions of the dataset's held-out split (`mdd.data.captions`; ShapeGen: a
+fixed set of ShapeGenEval prompts). Each prompt gets `num_per_prompt` samples
 with seeds `seed_offset + i`; a sample's seed alone decides it (not its batch).
 
 Editing without fine-tuning: with `config.sample.edit_image=PATH` the image is tokenized and a
@@ -10,10 +11,13 @@ region regenerated for the prompt: `edit_box="top,left,bottom,right"` (pixels) o
 (pixels, multiples of the tokenizer's factor) to extend the canvas. Without an image,
 `canvas="height,width"` (pixels) generates at another size than the training images (the
 denoiser's 2-D RoPE takes any grid; quality away from the trained sizes is the model's).
+
+Inputs and outputs may be local or URLs (`gs://`): files go through `mdd.utils.fileio`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -24,6 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mdd import workdir as workdir_lib
+from mdd.data import captions as captions_lib
 from mdd.data import prompts as prompts_lib
 from mdd.inference import generator as generation
 from mdd.sampling import editing
@@ -31,15 +36,16 @@ from mdd.sampling import visualize
 from mdd.utils import fileio
 
 
-def _prompts(sample_cfg) -> list[str]:
+def _prompts(sample_cfg, data_cfg) -> list[str]:
   if sample_cfg.get("prompts_file"):
     path = sample_cfg.prompts_file
-    if not os.path.exists(path):
+    if not fileio.exists(path):
       raise FileNotFoundError(f"sample.prompts_file {path} not found")
-    with open(path, encoding="utf-8") as f:
-      prompts = [line.strip() for line in f if line.strip()]
+    prompts = [line.strip() for line in fileio.read_text(path).splitlines() if line.strip()]
   elif sample_cfg.get("prompts"):
     prompts = [p.strip() for p in str(sample_cfg.prompts).split("|") if p.strip()]
+  elif not captions_lib.uses_prompt_set(data_cfg):
+    prompts = captions_lib.validation_captions(data_cfg, 16)
   else:
     metadata = prompts_lib.load_prompts("main")
     # One prompt of each tag, then the next, ...: a varied default sheet.
@@ -67,10 +73,10 @@ def _ints(text: str, n: int, what: str) -> list[int]:
 
 
 def _load_image(path: str, hw: tuple[int, int]) -> np.ndarray:
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     raise FileNotFoundError(f"sample.edit_image {path} not found")
   try:
-    with Image.open(path) as img:
+    with Image.open(io.BytesIO(fileio.read_bytes(path))) as img:
       img = img.convert("RGB").resize((hw[1], hw[0]), Image.BICUBIC)
       return np.asarray(img, np.uint8)
   except OSError as e:
@@ -113,8 +119,8 @@ def _edit_setup(gen: generation.Generator, sample_cfg, count: int):
                        f"multiple of {f * p} pixels (tokenizer factor {f} x patch size {p})")
     return editing.prepare_outpainting(images, pad, gen.encode, f, gen.mask_id)
   if sample_cfg.get("edit_mask"):
-    mask = np.asarray(Image.open(sample_cfg.edit_mask).convert("L").resize(
-        (hw[1], hw[0]), Image.NEAREST)) > 127
+    with Image.open(io.BytesIO(fileio.read_bytes(sample_cfg.edit_mask))) as img:
+      mask = np.asarray(img.convert("L").resize((hw[1], hw[0]), Image.NEAREST)) > 127
   elif sample_cfg.get("edit_box"):
     mask = editing.box_to_pixel_mask(_ints(sample_cfg.edit_box, 4, "edit_box"), *hw)
   else:
@@ -128,7 +134,7 @@ def run(config, workdir: str):
   were drawn with; returns None without drawing when it matches)."""
   sample_cfg = config.sample
   gen = generation.Generator.from_workdir(workdir, config)
-  prompts = _prompts(sample_cfg)
+  prompts = _prompts(sample_cfg, config.data)
   per_prompt = int(sample_cfg.get("num_per_prompt", 1))
   all_prompts = [p for p in prompts for _ in range(per_prompt)]
   seeds = [int(sample_cfg.get("seed_offset", 0)) + i for i in range(len(all_prompts))]
@@ -145,7 +151,7 @@ def run(config, workdir: str):
     return None
   setup = _edit_setup(gen, sample_cfg, len(all_prompts))
   grid = canvas_grid(gen, sample_cfg)
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
 
   images, first = [], None
   for start in tqdm(range(0, len(all_prompts), batch_size), desc="sampling", unit="batch"):
@@ -168,12 +174,14 @@ def run(config, workdir: str):
     if first is None:
       first = result
   images = np.concatenate(images)
+  # The visualize writers land each file whole, locally or remotely (fileio).
   for i, (prompt, image) in enumerate(zip(all_prompts, images)):
     visualize.save_png(os.path.join(out_dir, f"{i:04d}_{_slug(prompt)}.png"), image)
   columns = int(np.ceil(np.sqrt(len(images))))
   visualize.save_image_grid(os.path.join(out_dir, "grid.png"), images, columns=columns)
-  with open(os.path.join(out_dir, "prompts.txt"), "w", encoding="utf-8") as f:
-    f.write("\n".join(f"{i:04d}\t{s}\t{p}" for i, (s, p) in enumerate(zip(seeds, all_prompts))))
+  fileio.write_text_atomic(
+      os.path.join(out_dir, "prompts.txt"),
+      "\n".join(f"{i:04d}\t{s}\t{p}" for i, (s, p) in enumerate(zip(seeds, all_prompts))))
 
   out = first["output"]
   stats = out.stats

@@ -11,13 +11,13 @@ block with a running top-k, so memory is O(query_block x code_block) and V = 2^1
 FSQ: the lattice neighbours of a code, i.e. +-1 level along each dimension (2 * len(levels)
 neighbours at most; fewer on the lattice boundary), with d^2 measured in normalised units.
 
-Tables are saved next to the tokenizer checkpoint as `neighbours.npz`.
+Tables are saved next to the tokenizer checkpoint as `neighbours.npz` (through
+`mdd.utils.fileio`, so a workdir may be a `gs://` URL).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import zipfile
 from typing import Sequence
 
@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdd.models import quantizers
+from mdd.utils import fileio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,27 +50,23 @@ class NeighbourTable:
 
 
 def save_table(path: str, table: NeighbourTable):
-  """Writes `neighbours` and `weights` to an .npz via a temporary file and a rename."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}.npz"
-  np.savez(tmp, neighbours=table.neighbours.astype(np.int32),
-           weights=table.weights.astype(np.float32))
-  os.replace(tmp, path)
+  """Writes `neighbours` and `weights` to an .npz, atomically (`fileio.save_npz`)."""
+  fileio.save_npz(path, neighbours=table.neighbours.astype(np.int32),
+                  weights=table.weights.astype(np.float32))
 
 
 def load_table(path: str) -> NeighbourTable:
   """Reads a table written by `save_table`."""
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     raise FileNotFoundError(f"no neighbour table at {path} (train the tokenizer first)")
   try:
-    with np.load(path) as data:
-      if "neighbours" not in data or "weights" not in data:
-        raise ValueError(f"{path}: expected arrays 'neighbours' and 'weights', got {list(data)}")
-      table = NeighbourTable(data["neighbours"].astype(np.int32),
-                             data["weights"].astype(np.float32))
-  except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+    data = fileio.load_npz(path)
+  except (OSError, EOFError, zipfile.BadZipFile, KeyError, ValueError) as e:
     raise ValueError(f"{path} is corrupt ({type(e).__name__}: {e}); rerun "
                      "--config.mode=train_tokenizer to rewrite it") from None
+  if "neighbours" not in data or "weights" not in data:
+    raise ValueError(f"{path}: expected arrays 'neighbours' and 'weights', got {list(data)}")
+  table = NeighbourTable(data["neighbours"].astype(np.int32), data["weights"].astype(np.float32))
   if table.neighbours.ndim != 2 or table.weights.shape != table.neighbours.shape:
     raise ValueError(f"{path}: neighbours {table.neighbours.shape} and weights "
                      f"{table.weights.shape} are not one [V, K] table")

@@ -13,6 +13,8 @@ from typing import Callable, Optional
 import numpy as np
 from PIL import Image
 
+from mdd.utils import fileio
+
 DecodeFn = Callable[[np.ndarray], np.ndarray]
 
 MASK_DARK = (96, 96, 96)
@@ -56,10 +58,11 @@ def image_grid(images, columns: Optional[int] = None, padding: int = 2,
 
 
 def save_png(path: str, image) -> None:
-  """Writes a uint8 [H, W, 3] image as PNG."""
+  """Writes a uint8 [H, W, 3] image as PNG (whole or not at all; local or remote, `fileio`)."""
   image = _as_rgb_uint8(np.asarray(image)[None])[0]
-  with open(path, "wb") as f:
-    Image.fromarray(image).save(f, format="PNG")
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format="PNG")
+  fileio.write_bytes_atomic(path, buffer.getvalue())
 
 
 def save_image_grid(path: str, images, columns: Optional[int] = None, padding: int = 2) -> None:
@@ -151,8 +154,7 @@ def save_gif(path: str, frames, frame_ms: int = 150, final_hold_ms: int = 1500) 
   buffer = io.BytesIO()
   pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:],
                    duration=durations, loop=0)
-  with open(path, "wb") as f:
-    f.write(buffer.getvalue())
+  fileio.write_bytes_atomic(path, buffer.getvalue())
 
 
 def save_trajectory_gif(path: str, trajectory, decode_fn: DecodeFn, mask_id: int, *,

@@ -240,7 +240,6 @@ def _sample_summaries(config, system: system_lib.DenoiserSystem,
                              context=context)
     images = tokenizer.decode(out.tokens)
     if jax.process_index() == 0:
-      os.makedirs(out_dir, exist_ok=True)
       visualize.save_image_grid(os.path.join(out_dir, f"step_{int(state.step):06d}.png"),
                                 images, columns=4)
     return {"samples": images}

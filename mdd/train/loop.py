@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 from mdd.train import metrics as metrics_lib
 from mdd.utils import checkpoints
 from mdd.utils import sharding as sharding_lib
-from mdd.utils.fileio import write_json_atomic
+from mdd.utils import fileio
 
 
 @dataclasses.dataclass
@@ -305,14 +305,14 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
   # Final evaluation (not after a preemption), written atomically next to the checkpoints.
   eval_path = os.path.join(out_dir, "eval.json")
   if not preempted and task.evaluate is not None and (start_step < total
-                                                      or not os.path.exists(eval_path)):
+                                                      or not fileio.exists(eval_path)):
     with mesh, nn.logical_axis_rules(list(rules)):
       results = task.evaluate(state)
     results = {k: (float(v) if np.isscalar(v) or np.ndim(v) == 0 else v)
                for k, v in results.items()}
     results["step"] = int(max(start_step, total))
     if is_main:
-      write_json_atomic(eval_path, results)
+      fileio.write_json_atomic(eval_path, results)
     writer.write_scalars(total, {f"eval/{k}": v for k, v in results.items()
                                  if isinstance(v, float)})
   writer.flush()

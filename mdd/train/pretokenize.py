@@ -7,14 +7,15 @@ Writes DIR/tokens/<split>/ in the layout of `mdd.data.token_shards`: text (`capt
 tokenized-caption source) as they are.
 
 Resumable and multi-process safe by construction: shards have fixed contents, process p of P
-writes the shards s with s % P == p, and each shard is written to a temporary file and renamed
-into place, so a shard either exists complete or not at all. A rerun skips existing shards, so
-an interrupted run neither duplicates nor drops examples.
+writes the shards s with s % P == p, and each shard is written atomically (`fileio.save_npz`: a
+temporary file renamed into place locally, one upload on an object store), so a shard either
+exists complete or not at all. A rerun skips existing shards, so an interrupted run neither
+duplicates nor drops examples. DIR may be a `gs://` URL.
 """
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import logging
 import os
 from typing import Sequence
@@ -29,7 +30,7 @@ from mdd.utils import fileio
 
 def _check_or_write_manifest(directory: str, manifest: dict):
   path = os.path.join(directory, MANIFEST)
-  if os.path.exists(path):
+  if fileio.exists(path):
     existing = fileio.read_json(path, fix=f"delete {directory} and rerun the pretokenize stage")
     keys = ("num_examples", "shard_size", "num_shards", "token_shape", "vocab_size")
     changed = {k: (existing.get(k), manifest[k]) for k in keys if existing.get(k) != manifest[k]}
@@ -66,24 +67,22 @@ def pretokenize_split(tokenizer, source, out_dir: str, *, shard_size: int = 1024
   f = tokenizer.downsample_factor
   token_shape = [first.shape[0] // f, first.shape[1] // f]
   num_shards = -(-num_examples // shard_size)
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
   _check_or_write_manifest(out_dir, {
       "version": FORMAT_VERSION, "num_examples": num_examples, "shard_size": shard_size,
       "num_shards": num_shards, "token_shape": token_shape, "vocab_size": tokenizer.num_codes,
       "image_shape": list(first.shape)})
   # Temporary files of this process slot's earlier, interrupted run are garbage (the shard is
   # redone). Other slots' files are left alone: their writers may still be running.
-  for stale in glob.glob(os.path.join(out_dir, "shard-*.npz.tmp-*")):
-    shard = int(os.path.basename(stale)[len("shard-"):len("shard-") + 5])
+  names = fileio.listdir(out_dir)
+  for stale in fnmatch.filter(names, "shard-*.npz.tmp-*"):
+    shard = int(stale[len("shard-"):len("shard-") + 5])
     if shard % process_count == process_index:
-      try:
-        os.remove(stale)
-      except FileNotFoundError:
-        pass
+      fileio.remove(os.path.join(out_dir, stale))
   written = []
   for shard in range(process_index, num_shards, process_count):
     path = shard_path(out_dir, shard)
-    if os.path.exists(path):
+    if os.path.basename(path) in names:
       continue
     if max_shards is not None and len(written) >= max_shards:
       break
@@ -105,9 +104,7 @@ def pretokenize_split(tokenizer, source, out_dir: str, *, shard_size: int = 1024
         values = [e[key] for e in examples]
         fields[key] = (np.asarray([str(v) for v in values], dtype=np.str_)
                        if isinstance(value, (str, bytes)) else np.stack(values))
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, **fields)
-    os.replace(tmp, path)
+    fileio.save_npz(path, **fields)
     written.append(shard)
     logging.info("pretokenize: wrote %s (%d examples)", path, len(indices))
   return written

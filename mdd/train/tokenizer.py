@@ -361,7 +361,7 @@ def export_tokenizer(state: TokenizerState, config, workdir: str):
   if jax.process_index() != 0:
     return
   run_dir = workdir_lib.Workdir(workdir)
-  os.makedirs(run_dir.tokenizer_dir, exist_ok=True)
+  fileio.makedirs(run_dir.tokenizer_dir)
   model, _ = build_models(config.tokenizer)
   codebook = None
   if model.quantizer == "vq":

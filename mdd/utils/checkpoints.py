@@ -4,6 +4,10 @@ A train checkpoint is the whole train state (params, optimizer state, EMA, bookk
 Inference needs only the parameters: `restore_subtrees` reads just the named subtrees (e.g.
 `ema_params`) into the shapes and shardings it is given, never the optimizer state, so sampling
 and evaluation do not depend on how a model was trained.
+
+Directories may be local or URLs (`gs://...`): orbax reads and writes through `etils.epath` (its
+arrays through tensorstore), and the helpers here through `mdd.utils.fileio`. On an object store
+orbax marks a finished step with a `commit_success.txt` instead of renaming its folder.
 """
 
 from __future__ import annotations
@@ -15,23 +19,26 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 
+from mdd.utils import fileio
+
 
 def manager(directory: str, keep: int = 2, async_save: bool = True,
             item_names: tuple[str, ...] | None = None) -> ocp.CheckpointManager:
-  """Orbax manager; saves go to a temporary folder that is renamed when complete (atomic).
+  """Orbax manager; a save becomes a step only when complete (a temporary folder renamed
+  locally, a commit marker on an object store).
 
   `item_names`: the named items of each step (the train loop: `("default", "data")`, the state
   and the input pipeline's position); None for one unnamed item."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+  return ocp.CheckpointManager(fileio.absolute(directory), options=options,
                                item_names=item_names)
 
 
 def all_steps(directory: str) -> list[int]:
   """Complete checkpoint steps under `directory`, newest first."""
-  directory = os.path.abspath(directory)
-  if not os.path.isdir(directory):
+  directory = fileio.absolute(directory)
+  if not fileio.isdir(directory):
     return []
   with ocp.CheckpointManager(directory) as mgr:
     return sorted(mgr.all_steps(), reverse=True)
@@ -68,14 +75,16 @@ def first_readable(directory: str, steps: list[int], read: Callable[[int], Any],
 
 def set_aside(directory: str, step: int) -> str:
   """Renames an unreadable step folder to `corrupt-<step>` (kept for inspection, ignored by the
-  manager) so training can write that step again."""
-  src = os.path.join(os.path.abspath(directory), str(step))
-  dst = os.path.join(os.path.abspath(directory), f"corrupt-{step}")
+  manager) so training can write that step again. On an object store the "rename" copies the
+  folder's objects and deletes the originals."""
+  directory = fileio.absolute(directory)
+  src = os.path.join(directory, str(step))
+  dst = os.path.join(directory, f"corrupt-{step}")
   suffix = 0
-  while os.path.exists(dst):
+  while fileio.exists(dst):
     suffix += 1
-    dst = os.path.join(os.path.abspath(directory), f"corrupt-{step}.{suffix}")
-  os.replace(src, dst)
+    dst = os.path.join(directory, f"corrupt-{step}.{suffix}")
+  fileio.move(src, dst)
   return dst
 
 
@@ -104,7 +113,7 @@ def restore_subtrees(directory: str, targets: dict[str, Any], *, name: str = "mo
   ({key: restored tree}, step). Raises FileNotFoundError without a checkpoint and a one-line
   ValueError when the arrays do not fit.
   """
-  directory = os.path.abspath(directory)
+  directory = fileio.absolute(directory)
   steps = all_steps(directory)
   if not steps:
     raise FileNotFoundError(f"no checkpoint under {directory}")

@@ -17,22 +17,28 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_share_one_mesh_and_batch(tmp_path):
+def _run_two_processes(worker: str, tmp_path, devices: int, **env_extra) -> list[dict]:
+  """Runs tests/integration/`worker` as 2 processes of one gloo job; their result files."""
   port = _free_port()
   procs = []
   for pid in range(2):
     env = dict(os.environ, JAX_PLATFORMS="cpu", MDD_CPU_COLLECTIVES="gloo",
-               XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-               JAX_PROCESS_ID=str(pid), MDD_WORKER_RESULT=str(tmp_path / f"{pid}.json"))
+               JAX_PROCESS_ID=str(pid), MDD_WORKER_RESULT=str(tmp_path / f"{pid}.json"),
+               **env_extra)
     procs.append(subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "integration",
-                                                                 "multiprocess_worker.py")],
+                                                                 worker)],
                                   cwd=REPO, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True))
   for p in procs:
-    _, err = p.communicate(timeout=240)
+    _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-2000:]
-  results = [json.loads((tmp_path / f"{pid}.json").read_text()) for pid in range(2)]
+  return [json.loads((tmp_path / f"{pid}.json").read_text()) for pid in range(2)]
+
+
+def test_two_processes_share_one_mesh_and_batch(tmp_path):
+  results = _run_two_processes("multiprocess_worker.py", tmp_path, devices=4)
   rows = np.arange(8, dtype=np.float32)
   expected_total = float(np.sum(rows) + np.sum(10 * rows))
   for r in results:
@@ -46,22 +52,8 @@ def test_two_processes_share_one_mesh_and_batch(tmp_path):
 def test_two_processes_read_disjoint_halves_of_the_global_batch_across_a_resume(tmp_path):
   """Each process's batches are disjoint and together equal the 1-process global batch, before
   and after a resume that restores the input position from the checkpoint."""
-  port = _free_port()
-  procs = []
-  for pid in range(2):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", MDD_CPU_COLLECTIVES="gloo",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-               JAX_PROCESS_ID=str(pid), MDD_WORKDIR=str(tmp_path / "run"),
-               MDD_WORKER_RESULT=str(tmp_path / f"{pid}.json"))
-    procs.append(subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "tests", "integration",
-                                      "multiprocess_data_worker.py")],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-  for p in procs:
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err[-2000:]
-  results = [json.loads((tmp_path / f"{pid}.json").read_text()) for pid in range(2)]
+  results = _run_two_processes("multiprocess_data_worker.py", tmp_path, devices=2,
+                               MDD_WORKDIR=str(tmp_path / "run"))
   sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
   from multiprocess_data_worker import IndexSource  # pylint: disable=import-outside-toplevel
   from mdd.data import loader  # pylint: disable=import-outside-toplevel

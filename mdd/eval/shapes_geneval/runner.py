@@ -6,6 +6,7 @@
 overall = unweighted mean of the tag scores. `load_generator` gives the reference generators
 (ShapeGen renders, the same through the workdir's tokenizer) and the trained model; `evaluate` is
 the `shapes_geneval` entry of `mdd.eval.registry`; `main` is `python -m mdd.eval.shapes_geneval`.
+Layouts and workdirs may be local or URLs (`gs://`): files go through `mdd.utils.fileio`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ def score_layout(outdir: str, settings: ScorerSettings = ScorerSettings(),
   "scorer" (the settings), "markdown"}; writes
   GenEval-style per-image results to `outdir/results_file` unless it is None.
   """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   from mdd.eval import geneval_layout  # pylint: disable=g-import-not-at-top
   entries = geneval_layout.read_layout(outdir)
@@ -48,7 +48,7 @@ def score_layout(outdir: str, settings: ScorerSettings = ScorerSettings(),
     metadata = entry["metadata"]
     any_ok = False
     for path in entry["images"]:
-      image = np.asarray(Image.open(path).convert("RGB"))
+      image = geneval_layout.read_image(path)
       result = score_image(image, metadata, settings)
       per_tag.setdefault(metadata["tag"], []).append(result["correct"])
       any_ok |= result["correct"]
@@ -68,9 +68,8 @@ def score_layout(outdir: str, settings: ScorerSettings = ScorerSettings(),
              "scorer_version": SCORER_VERSION, "scorer": dataclasses.asdict(settings)}
   summary["markdown"] = markdown_table(summary)
   if results_file:
-    with open(os.path.join(outdir, results_file), "w") as f:
-      for record in records:
-        f.write(json.dumps(record) + "\n")
+    fileio.write_text_atomic(os.path.join(outdir, results_file),
+                             "".join(json.dumps(record) + "\n" for record in records))
   return summary
 
 
@@ -241,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       result = score_layout(args.layout)
     except ValueError as e:
       sys.exit(f"error: {e}")
-    result["layout"] = os.path.abspath(args.layout)
+    result["layout"] = fileio.absolute(args.layout)
     fileio.write_json_atomic(os.path.join(args.workdir, "eval", _results_name("layout") + ".json"),
                              result)
   else:

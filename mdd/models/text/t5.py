@@ -115,7 +115,13 @@ def load_t5(folder: str) -> tuple[T5Encoder, dict]:
 
 
 class HFTokenizer:
-  """`tokenizer.json` through the optional `tokenizers` package (T5's SentencePiece)."""
+  """T5's SentencePiece (Unigram) `tokenizer.json`, through the optional `tokenizers` package.
+
+  `batch` gives what Hugging Face's T5 tokenizer gives with `truncation=True,
+  padding="max_length", max_length=max_len`: the pieces of the text cut to `max_len - 1`, then
+  `</s>` (so a truncated text still ends with EOS), then `<pad>` up to `max_len`. EOS is appended
+  here, not by the file's post-processor, so a `tokenizer.json` without one behaves the same.
+  """
 
   def __init__(self, folder: str):
     try:
@@ -123,16 +129,34 @@ class HFTokenizer:
     except ImportError as e:
       raise ImportError("the t5 text encoder needs the `tokenizers` package "
                         "(pip install tokenizers)") from e
-    self._tok = tokenizers.Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+    path = os.path.join(folder, "tokenizer.json")
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"no tokenizer.json in {folder}")
+    self._tok = tokenizers.Tokenizer.from_file(path)
     self._tok.no_padding()
     self._tok.no_truncation()
+    self.eos_id = self._tok.token_to_id("</s>")
+    if self.eos_id is None:
+      raise ValueError(f"{path}: no </s> token; not a T5 tokenizer")
+    pad_id = self._tok.token_to_id("<pad>")
+    self.pad_id = 0 if pad_id is None else pad_id
+
+  def encode(self, text: str, max_len: int) -> list[int]:
+    """The ids of `text`: pieces (at most `max_len - 1`) and `</s>`; no padding."""
+    return self._truncate(self._tok.encode(text, add_special_tokens=False).ids, max_len)
+
+  def _truncate(self, ids: list[int], max_len: int) -> list[int]:
+    if max_len < 1:
+      raise ValueError(f"max_len must be >= 1 (room for </s>), got {max_len}")
+    return list(ids[:max_len - 1]) + [self.eos_id]
 
   def batch(self, texts, max_len):
-    """(ids [B, max_len] padded with 0, T5's pad id; mask [B, max_len] bool)."""
-    ids = np.zeros((len(texts), max_len), np.int32)
+    """(ids int32 [B, max_len] padded with `<pad>`; mask bool [B, max_len])."""
+    ids = np.full((len(texts), max_len), self.pad_id, np.int32)
     mask = np.zeros((len(texts), max_len), bool)
-    for i, enc in enumerate(self._tok.encode_batch(list(texts))):
-      row = enc.ids[:max_len]
+    encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)
+    for i, enc in enumerate(encodings):
+      row = self._truncate(enc.ids, max_len)
       ids[i, :len(row)] = row
       mask[i, :len(row)] = True
     return ids, mask

@@ -33,12 +33,20 @@ class Headline:
 
 CURRENT_RESULTS: tuple[Headline, ...] = (
     Headline("CPU default, whole pipeline (`configs/shapes_tiny.py`, the README's main command)",
-             "ShapeGenEval **0.296** (v3) over 2016 images, which v2 scores 0.297, the same "
-             "before and after the layered layout (byte-identical sample grid); **0.263** (v2) "
-             "in 12 min 59 s on another machine",
+             "ShapeGenEval **0.127** (v4) over 2016 images, which v3 scores 0.296 and v2 0.297 "
+             "(the same before and after the layered layout: byte-identical sample grid); "
+             "**0.263** (v2) in 12 min 59 s on another machine",
              "2 CPU cores, jax 0.10.2",
-             ("docs/runs/shapes_tiny_v3_2026-12-05.json", "docs/runs/shapes_tiny_2026-12-05.json",
-              "docs/runs/shapes_tiny_2026-11-29_s12.json")),
+             ("docs/runs/shapes_tiny_v4_2026-12-05.json", "docs/runs/shapes_tiny_v3_2026-12-05.json",
+              "docs/runs/shapes_tiny_2026-12-05.json", "docs/runs/shapes_tiny_2026-11-29_s12.json")),
+    Headline("ShapeGenEval's agreement with a person (324 CPU-default images labelled by eye, "
+             "`mdd/eval/shapes_geneval/AGREEMENT.md`)",
+             "v4 **87.0%** on the held-out half (97.6% on images whose label was clear; 90.8% "
+             "on the half it was designed on); v3 65.8%; GenEval reports 83% for its own detector "
+             "(from a summary of its paper: AGREEMENT.md)",
+             "CPU",
+             ("docs/runs/shapes_geneval_agreement_v4_2026-12-05_test.json",
+              "docs/runs/shapes_geneval_agreement_v3_2026-12-05_test.json")),
     Headline("CPU default, `:long` (12000 denoiser steps, 24 sampler steps)",
              "**0.557** in 37 min 7 s (denoiser at 6.8 steps/s); earlier, on a faster machine, "
              "12000 steps scored 0.550 in 27 min 32 s and 0.595 re-sampled with 24 steps",
@@ -320,8 +328,9 @@ HEADER = (
     "(`mdd/experiments/report.py`). Why each setting is what it is: "
     "[`decisions.md`](decisions.md); kernel and step timings: [`benchmarks.md`](benchmarks.md); "
     "the dated lab notes these numbers came out of: [`notebook/`](notebook/). ShapeGenEval "
-    "numbers are the v2 scorer's unless marked v1 (the current scorer is v3: "
-    "[`architecture.md`](architecture.md), \"Evaluation\"; these runs are not re-scored yet).")
+    "numbers are the v2 scorer's unless marked v1, v3 or v4 (the current scorer is v4: "
+    "[`architecture.md`](architecture.md), \"Evaluation\"; the GPU runs' images were not kept, "
+    "so they are not re-scored yet).")
 
 
 def current_results_table(rows: Sequence[Headline] = CURRENT_RESULTS) -> str:

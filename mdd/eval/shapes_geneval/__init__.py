@@ -1,8 +1,9 @@
 """ShapeGenEval: GenEval's rules over ShapeGen's shapes and colours, scored offline.
 
   detector.py  `detect_objects`: a deterministic detector for ShapeGen pictures (palette colour
-               unmixing, colour segmentation, template fitting, solidity tests; the thresholds
-               are `ScorerSettings`, the version every result records `SCORER_VERSION`)
+               unmixing, colour segmentation, shapes named by their silhouettes' symmetry and
+               checked by their outlines, solidity tests; the thresholds are `ScorerSettings`,
+               the version every result records `SCORER_VERSION`)
   rules.py     `score_image`: GenEval's rules (its `evaluate_images.py`) over those detections
   runner.py    `score_layout` and `run`: GenEval's output layout generated, scored and written to
                `workdir/eval/shapes_geneval.json`; the reference generators; the CLI

@@ -13,7 +13,13 @@ and the same `ScorerSettings` as `runner.score_layout`, then reports, overall an
 
 Each group gets two rows: all images, and only those not flagged unclear.
 
-  python -m mdd.eval.shapes_geneval --agreement [--agreement_fixture=PATH] [--out=FILE.json]
+The fixture is split once into a `dev` half (for designing and tuning the scorer) and a `test`
+half (for measuring it, once per final design) by `split_of`: within each (tag, label) group, the
+images sorted by crc32 of "run/source" alternate dev, test, dev, ... So each half holds every tag
+with both labels, and an image's half depends only on its own path and label, never on a score.
+
+  python -m mdd.eval.shapes_geneval --agreement [--split=dev|test|all] [--agreement_fixture=PATH]
+      [--out=FILE.json] [--list_disagreements]
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import dataclasses
 import json
 import math
 import os
+import zlib
 from typing import Sequence
 
 import numpy as np
@@ -38,6 +45,7 @@ _REPO = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 DEFAULT_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement")
 LABELS = ("correct", "incorrect")
+SPLITS = ("dev", "test", "all")
 
 
 def _fixture_prefix(path: str) -> str:
@@ -71,6 +79,34 @@ def load_fixture(path: str = DEFAULT_FIXTURE) -> tuple[np.ndarray, list[dict]]:
     if not isinstance(record.get("metadata"), dict) or "include" not in record["metadata"]:
       raise ValueError(f"{prefix}.jsonl line {i + 1}: no GenEval metadata")
   return images, records
+
+
+def _split_key(record: dict) -> int:
+  return zlib.crc32(f"{record.get('run', '')}/{record.get('source', '')}".encode())
+
+
+def split_of(records: Sequence[dict]) -> list[str]:
+  """The half ("dev" or "test") of each record: within each (tag, label) group, ordered by crc32
+  of "run/source", ranks 0, 2, 4, ... are dev and 1, 3, 5, ... test."""
+  groups: dict[tuple[str, str], list[int]] = {}
+  for i, record in enumerate(records):
+    groups.setdefault((record["tag"], record["label"]), []).append(i)
+  halves = [""] * len(records)
+  for members in groups.values():
+    for rank, i in enumerate(sorted(members, key=lambda j: (_split_key(records[j]), j))):
+      halves[i] = "dev" if rank % 2 == 0 else "test"
+  return halves
+
+
+def select_split(images: np.ndarray, records: Sequence[dict], split: str
+                 ) -> tuple[np.ndarray, list[dict]]:
+  """The images and records of one half ("dev", "test") or of the whole fixture ("all")."""
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+  if split == "all":
+    return images, list(records)
+  keep = [i for i, half in enumerate(split_of(records)) if half == split]
+  return images[keep], [records[i] for i in keep]
 
 
 def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -110,10 +146,12 @@ def agreement_metrics(decisions: Sequence[bool], labels: Sequence[bool]) -> dict
 
 
 def evaluate_agreement(images: np.ndarray, records: Sequence[dict],
-                       settings: ScorerSettings = ScorerSettings(), fixture: str = "") -> dict:
+                       settings: ScorerSettings = ScorerSettings(), fixture: str = "",
+                       split: str = "all") -> dict:
   """Scores each image and compares with its label, overall and per tag.
 
-  Returns {"scorer_version", "scorer", "fixture", "num_images", "groups": {"overall" | tag:
+  `split` only names, in the result, which part of the fixture `images` and `records` are.
+  Returns {"scorer_version", "scorer", "fixture", "split", "num_images", "groups": {"overall" | tag:
   {"all": metrics, "clear": metrics}}, "disagreements": [...], "markdown"}.
   """
   scored = [score_image(image, record["metadata"], settings)
@@ -136,7 +174,7 @@ def evaluate_agreement(images: np.ndarray, records: Sequence[dict],
        "source": r.get("source", "")}
       for i, r in enumerate(records) if decisions[i] != labels[i]]
   result = {"scorer_version": SCORER_VERSION, "scorer": dataclasses.asdict(settings),
-            "fixture": fixture, "num_images": len(records), "groups": groups,
+            "fixture": fixture, "split": split, "num_images": len(records), "groups": groups,
             "disagreements": disagreements}
   result["markdown"] = markdown_table(result)
   return result
@@ -148,8 +186,9 @@ def _pct(value: float | None) -> str:
 
 def markdown_table(result: dict) -> str:
   """One row per group and subset: counts, agreement (with its 95% interval), precision, recall."""
+  split = result.get("split", "all")
   lines = [f"ShapeGenEval agreement with labels by eye (scorer {result['scorer_version']}, "
-           f"{result['num_images']} images)", "",
+           f"{'' if split == 'all' else split + ' half, '}{result['num_images']} images)", "",
            "| group | images | n | labelled correct | scorer accepts | agreement % (95% CI) "
            "| precision % | recall % |",
            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -174,15 +213,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
   parser.add_argument("--agreement_fixture", default=DEFAULT_FIXTURE,
                       help="fixture path without extension (PATH.npz + PATH.jsonl); "
                            "default: the repository's tests/fixtures/shapes_geneval_agreement")
+  parser.add_argument("--split", default="all", choices=SPLITS,
+                      help="dev: the half to design and tune on; test: the held-out half; "
+                           "all: both (see split_of)")
   parser.add_argument("--out", default=None, help="also write the result as JSON here")
   parser.add_argument("--list_disagreements", action="store_true",
                       help="print each image where the scorer and the label differ")
   args = parser.parse_args(argv)
-  images, records = load_fixture(args.agreement_fixture)
+  images, records = select_split(*load_fixture(args.agreement_fixture), args.split)
   prefix = os.path.abspath(_fixture_prefix(args.agreement_fixture))
   # Recorded relative to the repository when it lies inside it, so results do not name a machine.
   fixture = os.path.relpath(prefix, _REPO) if prefix.startswith(_REPO + os.sep) else prefix
-  result = evaluate_agreement(images, records, fixture=fixture)
+  result = evaluate_agreement(images, records, fixture=fixture, split=args.split)
   print(result["markdown"])
   if args.list_disagreements:
     print(f"\n{len(result['disagreements'])} disagreements (index tag label/scorer unclear: "

@@ -1,6 +1,6 @@
 """ShapeGenEval's detector: the objects of a ShapeGen picture, found by geometry, not weights.
 
-Scorer version `SCORER_VERSION` ("v3"). The steps of `detect_objects`:
+Scorer version `SCORER_VERSION` ("v4"). The steps of `detect_objects`:
 
 1. Denoise. When the image is noisy (a robust estimate of the pixel noise from neighbouring-pixel
    differences exceeds `ScorerSettings.denoise_above`), it is Gaussian-smoothed first; clean and
@@ -12,22 +12,42 @@ Scorer version `SCORER_VERSION` ("v3"). The steps of `detect_objects`:
    foreground 3x3 neighbours have, which removes isolated colour flips at edges and under noise.
 3. Segment by colour. Candidate objects are the 8-connected components of each colour's
    foreground, so touching objects of different colours stay apart and a blob of mixed colours
-   ("confetti") falls apart into its pieces. A component's holes (pixels of other colours or of
-   background inside it) are filled to give its body.
-4. Fit a shape. The best of three templates (axis-aligned square, circle, upright isosceles
-   triangle, sized from the coverage-weighted area, centred on the coverage centroid, each also
-   tried Gaussian-blurred) by soft IoU with the body's silhouette (its foreground coverage, plus
-   the partial coverage of the object's colour in a rim around it). That IoU, which falls when
-   the body does not fill the fitted shape, is the confidence; the template gives the box.
-   Components whose fitted side is below `min_size_fraction` of ShapeGen's smallest object side
-   (`shapes.MIN_OBJECT_SIZE`) are specks and not reported. The floor is on the side, so it is the
-   same size for every shape (an area floor would drop a triangle that a square of its side
-   passes).
-5. Judge it a single solid object (`Detection.solid`): a recognised shape (`min_confidence`)
-   whose body is of one colour (`min_purity`: no lattice of one colour around others) and whose
-   outline lies mostly against background or against other such objects (`min_isolation`: a
-   piece of a mosaic, even one cut to a shape's outline, is surrounded by other pieces). Which
-   neighbours count as objects is settled jointly (`_isolation`).
+   ("confetti") falls apart into its pieces. A component's holes are filled to give its body;
+   its silhouette is the body's coverage plus the partial coverage of its own colour in a rim
+   around it. Rim pixels that are a touching object's anti-aliased edge (best explained by that
+   object's colour) are left out, and specks of other colours on the outline (components too
+   small to be objects) are filled in from their neighbours, so neither cuts into the outline.
+4. Name the shape from its symmetry (`_symmetry`, `_name_shape`). In the frame where the
+   silhouette's second moments are isotropic (which maps any triangle to an equilateral one, any
+   ellipse to a circle, any rectangle to a square), the complex moments `E[z^k]` relative to an
+   exact shape's measure k-fold structure: `triangularity` (k = 3) and `squareness` (k = 4) are
+   0 for a circle and 1 for an exact triangle or square; `polygonality` (k = 5, 6) is 1 for a
+   regular pentagon or hexagon. These moments are unchanged by an isotropic blur, so a blurred
+   7-pixel square keeps its squareness, while a rounded square (a "squircle") loses it. A
+   triangle needs `triangularity >= min_triangularity` and little four-fold structure; a square
+   `squareness >= min_squareness` and little three-fold structure; a circle little of either
+   (`circle_max_structure`) and little polygonality. Each bound on structure a shape should not
+   have is widened for small objects (`small_object_allowance`, `polygon_allowance`, over the
+   squared radius), whose moments JPEG and noise disturb more: degraded renders pass. Anything
+   else (a dome, a bell, a shape between a circle and a square, a ragged blob with more
+   structure than any of the three) is no shape.
+5. Check the outline (`_Outline`). The outline in the same frame, as a radius per direction, is
+   compared with the named shape's (best rotation): its RMS deviation, in units of the deviation
+   a JPEG-compressed, noisy or blurred ShapeGen render of that size shows, must stay within
+   `max_deviation_*` (lumpy blobs and large polygons fail it; a square's small ears, within
+   the wobble of generated squares, do not). The silhouette's
+   aspect ratio (`max_aspect_*`: a clear rectangle is no square, a bean no circle) and its
+   solidity, its area over its convex hull's (`min_solidity_*`: arms, notches, concave sides),
+   are checked too. `confidence` is the better of two fits of the named shape: its soft
+   template IoU (axis-aligned, upright, as ShapeGen draws) and the IoU of the outline with the
+   shape in the moment frame (any rotation, skew or stretch).
+6. Judge it a single solid object (`Detection.solid`): a recognised shape (step 4, 5 and
+   `min_confidence`) whose body is of one colour (`min_purity`), which is not a piece of a
+   multi-colour blob (`max_contact`: at most that share of its outline touches other colours),
+   and whose outline lies mostly against background or against other such objects
+   (`min_isolation`; which neighbours count as objects is settled jointly, `_isolation`).
+   Components whose side is below `min_size_fraction` of ShapeGen's smallest object side are
+   specks and not reported.
 """
 
 from __future__ import annotations
@@ -36,12 +56,13 @@ import dataclasses
 
 import numpy as np
 from scipy import ndimage
+from scipy import spatial
 
 from mdd.data import palette
 from mdd.data import shapes
 
 # Recorded with every ShapeGenEval result, so a number always names the scorer that made it.
-SCORER_VERSION = "v3"
+SCORER_VERSION = "v4"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,21 +72,49 @@ class ScorerSettings:
   Kept (tests): every object of ShapeGen renders at 32 and 64 px, also blurred, JPEG-compressed
   (quality 50) or noisy (sigma 16/255); touching objects of different colours. Rejected: random
   palette mosaics, colour confetti (filling the frame or cut to a shape's outline), attribute-
-  swapped renders. The price: a generated object spotted with other colours over more than
-  `1 - min_purity` of its body, or stuck to non-object clutter along more than
-  `1 - min_isolation` of its outline, gets no credit where a person might still name it.
+  swapped renders, and shapes a person would not name (rounded squares and polygons as
+  circles, squares with arms or notches, pieces of a multi-colour blob; tests in
+  test_shapes_geneval_v4.py). The shape thresholds are in units a person can read (a share of
+  an exact square's or triangle's symmetry, an aspect ratio, a solidity); the outline's
+  deviation is in units of what degraded renders of the same size show (`_RENDER_DEVIATION`).
+  The price: a generated object spotted with other colours over more than `1 - min_purity` of
+  its body, or stuck to non-object clutter along more than `1 - min_isolation` of its outline,
+  gets no credit where a person might still name it.
 
   Attributes:
     coverage_threshold: a pixel is foreground when its palette coverage is at least this.
-    min_size_fraction: objects whose fitted side is below this fraction of the smallest object
-      side ShapeGen draws (`shapes.MIN_OBJECT_SIZE` of the shorter image side) are specks.
-    min_confidence: template IoU needed to detect an object (GenEval: detector score 0.3).
+    min_size_fraction: objects whose side is below this fraction of the smallest object side
+      ShapeGen draws (`shapes.MIN_OBJECT_SIZE` of the shorter image side) are specks.
+    min_confidence: shape fit (`Detection.confidence`, an IoU) needed to detect an object
+      (GenEval: detector score 0.3).
     counting_min_confidence: the stricter threshold for the counting tag (GenEval: 0.9).
     position_margin: GenEval's position threshold (fraction of the summed box sides).
     min_purity: share of an object's body (its component with holes filled) in its own colour.
     min_isolation: share of the ring around an object that is background or another object.
     denoise_above: estimated pixel noise (standard deviation, 0-255) above which the image is
       smoothed before unmixing.
+    min_triangularity: three-fold structure (1 for an exact triangle) that makes a triangle
+      ...
+    triangle_max_squareness: ... when its four-fold structure stays below this (a square's).
+    min_squareness: four-fold structure (1 for an exact square) that makes a square ...
+    square_max_triangularity: ... when its three-fold structure stays below this.
+    circle_max_structure: largest combined three- and four-fold structure of a circle.
+    max_structure: more three- or four-fold structure than this is no shape (a ragged blob).
+    small_object_allowance: every bound above on structure a shape should not have is widened
+      by this over the squared equal-area radius (pixels): JPEG and noise disturb a small
+      silhouette's moments more (calibrated so that degraded renders pass).
+    circle_max_polygonality: largest five- or six-fold structure (1 for a regular pentagon or
+      hexagon) of a circle ...
+    polygon_allowance: ... plus this over the squared radius: these higher moments are noisier
+      still, so a polygon is told from a circle only from about 16 pixels across.
+    max_deviation_circle, max_deviation_square, max_deviation_triangle: RMS deviation of the
+      outline from the shape's, in units of a degraded render's at that size.
+    max_aspect_circle, max_aspect_square, max_aspect_triangle: largest ratio of the
+      silhouette's principal axes (a square's 1, a ShapeGen triangle's 1.15).
+    min_solidity_circle, min_solidity_square, min_solidity_triangle: smallest share of the
+      convex hull that the silhouette fills.
+    max_contact: largest share of the outline that may touch other colours' components; more
+      and the component is a piece of a multi-colour blob (touching renders reach 0.26).
   """
   coverage_threshold: float = 0.5
   min_size_fraction: float = 0.75
@@ -75,6 +124,25 @@ class ScorerSettings:
   min_purity: float = 0.8
   min_isolation: float = 0.8
   denoise_above: float = 6.0
+  min_triangularity: float = 0.5
+  triangle_max_squareness: float = 1.0
+  min_squareness: float = 0.5
+  square_max_triangularity: float = 0.3
+  circle_max_structure: float = 0.3
+  max_structure: float = 1.35
+  small_object_allowance: float = 2.0
+  circle_max_polygonality: float = 0.5
+  polygon_allowance: float = 30.0
+  max_deviation_circle: float = 1.6
+  max_deviation_square: float = 2.2
+  max_deviation_triangle: float = 1.6
+  max_aspect_circle: float = 1.5
+  max_aspect_square: float = 1.35
+  max_aspect_triangle: float = 2.5
+  min_solidity_circle: float = 0.95
+  min_solidity_square: float = 0.94
+  min_solidity_triangle: float = 0.88
+  max_contact: float = 0.4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,9 +150,11 @@ class Detection:
   """One detected object. Box in pixels: centre (cx, cy) and side lengths (w, h).
 
   `solid` is False for a component that is not a single solid object: its shape is not
-  recognised (`confidence`) or most of its outline is against neither background nor other
-  objects (`isolation`); the rules give it no credit. Components whose body is not of one colour
-  (`purity`) are not reported at all.
+  recognised (`recognised`: symmetry, outline deviation, aspect, solidity; or `confidence`), it
+  is a piece of a multi-colour blob (`contact`) or most of its outline is against neither
+  background nor other objects (`isolation`); the rules give it no credit. Components whose body
+  is not of one colour (`purity`) are not reported at all. `shape` is the shape named by the
+  symmetry, or for an unrecognised component the nearest one.
   """
   shape: str
   color: str
@@ -97,12 +167,20 @@ class Detection:
   purity: float = 1.0
   isolation: float = 1.0
   solid: bool = True
+  triangularity: float = 0.0
+  squareness: float = 0.0
+  deviation: float = 0.0
+  aspect: float = 1.0
+  solidity: float = 1.0
+  contact: float = 0.0
+  recognised: bool = True
 
   def as_dict(self) -> dict:
     return {k: (round(v, 3) if isinstance(v, float) else v)
             for k, v in dataclasses.asdict(self).items()}
 
 
+SHAPES = ("circle", "square", "triangle")
 _BACKGROUND = np.array(palette.BACKGROUND, np.float32)
 _NUM_COLORS = len(palette.COLOR_NAMES)
 _DIRECTIONS = np.array([palette.COLORS[c] for c in palette.COLOR_NAMES], np.float32) - _BACKGROUND
@@ -118,6 +196,213 @@ _TEMPLATE_BLURS = (0.0, 0.5, 1.0, 1.5)  # Gaussian sigmas in pixels.
 _RIM = 2  # Pixels around a component whose partial coverage still belongs to it.
 _DENOISE_SIGMA = 0.8  # Gaussian sigma (pixels) of the smoothing of noisy images.
 _EIGHT_CONNECTED = np.ones((3, 3), bool)
+
+# Outline analysis (`_Outline`). The silhouette is upsampled this many times (bilinear) and cut at
+# coverage 0.5 for a sub-pixel outline, whose radius is sampled in this many directions.
+_UPSAMPLE = 4
+_DIRECTIONS_OUTLINE = 64
+_ROTATION_STEPS = 4 * _DIRECTIONS_OUTLINE  # rotations of each shape's outline tried
+# |E[z^3]| of an equilateral triangle and |E[z^4]| of a square (pi^2/60), over (area/pi)^(k/2),
+# with z centred and in the moment frame: triangularity and squareness are relative to these.
+_EXACT_TRIANGLE_M3 = 0.3761
+_EXACT_SQUARE_M4 = np.pi ** 2 / 60
+# The same for |E[z^5]| of a regular pentagon and |E[z^6]| of a regular hexagon: polygonality.
+_EXACT_PENTAGON_M5 = 0.0961
+_EXACT_HEXAGON_M6 = 0.0631
+# Moments are taken over the coverage ramped from 0.15 to 0.85 to 0..1: that keeps the edge's
+# partial coverage (the moments stay blur-invariant) but drops the rim's faint noise, which
+# the high powers of the radius would amplify.
+_MOMENT_RAMP = (0.15, 0.85)
+# RMS outline deviation (in units of the equal-area radius) that JPEG q50, noise sigma 16 or a
+# 1-pixel blur leave on a ShapeGen render of equal-area radius r pixels: a + b / r. The upper
+# envelope over renders of each shape at 32 and 64 px, sides 0.22 to 0.6.
+_RENDER_DEVIATION = {"circle": (0.01, 0.2), "square": (0.02, 0.17), "triangle": (0.03, 0.3)}
+
+
+def _outline_prototypes(shape: str) -> np.ndarray:
+  """The radius per direction of an exact shape of area pi about its centroid, in every
+  rotation: [_ROTATION_STEPS, _DIRECTIONS_OUTLINE]. Each direction's bin holds the largest
+  radius in it, as `_Outline` measures."""
+  if shape == "circle":
+    return np.ones((1, _DIRECTIONS_OUTLINE))
+  corners = 4 if shape == "square" else 3
+  angles = np.pi / 2 + np.arange(corners) * 2 * np.pi / corners
+  vertices = np.stack([np.cos(angles), np.sin(angles)], 1)
+  t = np.linspace(0, 1, 1024, endpoint=False)[:, None]
+  points = np.concatenate([v + t * (w - v) for v, w in zip(vertices, np.roll(vertices, -1, 0))])
+  area = corners / 2 * np.sin(2 * np.pi / corners)  # centroid at the origin
+  points *= np.sqrt(np.pi / area)
+  radius = np.hypot(points[:, 0], points[:, 1])
+  profiles = np.zeros((_ROTATION_STEPS, _DIRECTIONS_OUTLINE))
+  for step in range(_ROTATION_STEPS):
+    angle = np.arctan2(points[:, 1], points[:, 0]) + step * 2 * np.pi / _ROTATION_STEPS
+    bins = (np.mod(angle, 2 * np.pi) / (2 * np.pi) * _DIRECTIONS_OUTLINE).astype(int)
+    np.maximum.at(profiles[step], np.minimum(bins, _DIRECTIONS_OUTLINE - 1), radius)
+  return profiles
+
+
+_PROTOTYPES = {shape: _outline_prototypes(shape) for shape in SHAPES}
+_PROTOTYPE_NORMS = {shape: (p ** 2).sum(1) for shape, p in _PROTOTYPES.items()}
+
+
+def _pixels_in_hull(equations: np.ndarray, rows: int) -> int:
+  """Pixels (centres at i + 0.5, j + 0.5) inside a convex hull given by Qhull's facet
+  equations `a y + b x + c <= 0`, counted row by row."""
+  y = np.arange(rows)[:, None] + 0.5
+  a, b, c = equations[:, 0], equations[:, 1], equations[:, 2]
+  bound = -(c + a * y)  # b x <= bound, per row and facet
+  with np.errstate(divide="ignore", invalid="ignore"):
+    limit = bound / b
+  upper = np.min(np.where(b > 1e-12, limit, np.inf), axis=1)
+  lower = np.max(np.where(b < -1e-12, limit, -np.inf), axis=1)
+  open_row = np.all((np.abs(b) > 1e-12) | (bound >= -1e-9), axis=1)
+  # Centres x = j + 0.5 with lower <= x <= upper.
+  count = np.floor(upper - 0.5 + 1e-9) - np.ceil(lower - 0.5 - 1e-9) + 1
+  return int(np.sum(np.where(open_row & np.isfinite(count), np.maximum(count, 0), 0)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outline:
+  """Shape evidence of one silhouette (see the module docstring, steps 4 and 5).
+
+  triangularity, squareness: |E[z^3]| and |E[z^4]| relative to an exact triangle's and square's.
+  polygonality: the larger of |E[z^5]| and |E[z^6]| relative to a regular pentagon's, hexagon's.
+  aspect: ratio of the principal axes. solidity: area over the convex hull's area.
+  deviation: per shape, the outline's RMS deviation from it in units of `_RENDER_DEVIATION`.
+  outline_iou: per shape, IoU of the outline with it (moment frame, equal area, at the rotation
+    of least deviation).
+  """
+  triangularity: float
+  squareness: float
+  polygonality: float
+  aspect: float
+  solidity: float
+  deviation: dict
+  outline_iou: dict
+
+
+def _symmetry(cover: np.ndarray) -> tuple[float, float, float]:
+  """(triangularity, squareness, polygonality) of a coverage map: its third, fourth and the
+  larger of its fifth and sixth complex moments, relative to an exact triangle's, square's,
+  pentagon's or hexagon's, in the frame where its second moments are isotropic (with
+  determinant 1, so areas keep their size)."""
+  low, high = _MOMENT_RAMP
+  weight = np.clip((cover - low) / (high - low), 0.0, 1.0)
+  mass = float(weight.sum())
+  if mass <= 0:
+    return 1.0, 1.0, 1.0
+  ys, xs = np.mgrid[:cover.shape[0], :cover.shape[1]] + 0.5
+  dy = ys - (weight * ys).sum() / mass
+  dx = xs - (weight * xs).sum() / mass
+  cov = np.array([[(weight * dx * dx).sum(), (weight * dx * dy).sum()],
+                  [(weight * dx * dy).sum(), (weight * dy * dy).sum()]]) / mass
+  eigvals, eigvecs = np.linalg.eigh(cov)
+  if eigvals[0] <= 1e-9:
+    return 1.0, 1.0, 1.0
+  frame = eigvecs @ np.diag(eigvals ** -0.5) @ eigvecs.T * np.prod(eigvals) ** 0.25
+  z = (frame[0, 0] * dx + frame[0, 1] * dy) + 1j * (frame[1, 0] * dx + frame[1, 1] * dy)
+  z = z / np.sqrt(mass / np.pi)  # in units of the equal-area radius
+  z3 = z ** 3
+  z5 = z3 * z * z
+  m3, m4, m5, m6 = (abs((weight * zk).sum()) / mass for zk in (z3, z3 * z, z5, z5 * z))
+  return (float(m3 / _EXACT_TRIANGLE_M3), float(m4 / _EXACT_SQUARE_M4),
+          float(max(m5 / _EXACT_PENTAGON_M5, m6 / _EXACT_HEXAGON_M6)))
+
+
+def _outline(cover: np.ndarray) -> _Outline | None:
+  """Shape evidence of a silhouette (coverage map, zero outside); None if it is too small."""
+  up = ndimage.zoom(cover, _UPSAMPLE, order=1, grid_mode=True, mode="grid-constant") >= 0.5
+  # The largest part, with its holes (background not connected to the border) filled.
+  parts, num = ndimage.label(up)
+  mask = parts == 1 + np.argmax(np.bincount(parts.ravel())[1:]) if num > 1 else up
+  gaps, num_gaps = ndimage.label(~mask)
+  if num_gaps > 1:
+    border = np.unique(np.concatenate([gaps[0], gaps[-1], gaps[:, 0], gaps[:, -1]]))
+    mask = ~np.isin(gaps, border[border > 0])
+  ys, xs = np.nonzero(mask)
+  if len(ys) < 4 * _UPSAMPLE ** 2:
+    return None
+  points = np.stack([ys, xs], 1) + 0.5
+  centre = points.mean(0)
+  offsets = points - centre
+  cov = offsets.T @ offsets / (len(ys) - 1) + np.eye(2) / 12
+  eigvals, eigvecs = np.linalg.eigh(cov)
+  aspect = float(np.sqrt(eigvals[1] / eigvals[0]))
+  frame = eigvecs @ np.diag(eigvals ** -0.5) @ eigvecs.T * np.prod(eigvals) ** 0.25
+  edge = np.stack(np.nonzero(mask & ~ndimage.binary_erosion(mask)), 1) + 0.5
+  # The outline's radius per direction, about the centroid, in the moment frame: the largest
+  # radius of the edge pixels in each direction (plus half a pixel to the edge itself).
+  q = (edge - centre) @ frame.T
+  bins = (np.mod(np.arctan2(q[:, 0], q[:, 1]), 2 * np.pi) / (2 * np.pi)
+          * _DIRECTIONS_OUTLINE).astype(int)
+  profile = np.full(_DIRECTIONS_OUTLINE, -1.0)
+  np.maximum.at(profile, np.minimum(bins, _DIRECTIONS_OUTLINE - 1), np.hypot(q[:, 0], q[:, 1]))
+  seen = np.nonzero(profile >= 0)[0]
+  profile = np.interp(np.arange(_DIRECTIONS_OUTLINE), seen, profile[seen],
+                      period=_DIRECTIONS_OUTLINE)
+  radius = np.sqrt(len(ys) / np.pi)  # equal-area radius, upsampled pixels
+  profile = (profile + 0.5) / radius
+  radius_px = radius / _UPSAMPLE
+  deviation, outline_iou = {}, {}
+  for shape, prototypes in _PROTOTYPES.items():
+    # Mean squared difference for every rotation at once: (|P|^2 - 2 P.p + |p|^2) / n.
+    squared = (_PROTOTYPE_NORMS[shape] - 2 * prototypes @ profile + profile @ profile)
+    best = int(np.argmin(squared))
+    a, b = _RENDER_DEVIATION[shape]
+    deviation[shape] = float(np.sqrt(max(squared[best], 0.0) / _DIRECTIONS_OUTLINE)
+                             / (a + b / radius_px))
+    # Areas of star-shaped regions: the sum of squared radii.
+    fit = prototypes[best]
+    outline_iou[shape] = float((np.minimum(fit, profile) ** 2).sum()
+                               / (np.maximum(fit, profile) ** 2).sum())
+  try:
+    hull = spatial.ConvexHull(edge)
+  except spatial.QhullError:
+    return None
+  solidity = float(len(ys) / max(_pixels_in_hull(hull.equations, mask.shape[0]), 1))
+  triangularity, squareness, polygonality = _symmetry(cover)
+  return _Outline(triangularity, squareness, polygonality, aspect, solidity, deviation,
+                  outline_iou)
+
+
+def _name_shape(outline: _Outline, radius: float, settings: ScorerSettings) -> str | None:
+  """The shape the symmetry names (step 4), or None; `radius` is the equal-area radius (px).
+
+  Every bound on structure a shape should not have is widened by the small-object allowance
+  over the squared radius: JPEG and noise disturb a small silhouette's moments more.
+  """
+  allowance = settings.small_object_allowance / radius ** 2
+  triangularity, squareness = outline.triangularity, outline.squareness
+  if max(triangularity, squareness) > settings.max_structure + allowance:
+    return None  # more structure than an exact triangle or square: a ragged blob
+  if triangularity >= settings.min_triangularity:
+    if squareness <= settings.triangle_max_squareness + allowance:
+      return "triangle"
+    return None
+  if squareness >= settings.min_squareness:
+    if triangularity <= settings.square_max_triangularity + allowance:
+      return "square"
+    return None
+  if (np.hypot(triangularity, squareness) <= settings.circle_max_structure + allowance
+      and outline.polygonality <= (settings.circle_max_polygonality
+                                   + settings.polygon_allowance / radius ** 2)):
+    return "circle"
+  return None
+
+
+def _nearest_shape(outline: _Outline) -> str:
+  """The shape nearest in (triangularity, squareness): a name for an unrecognised component."""
+  t, q = outline.triangularity, outline.squareness
+  distance = {"circle": np.hypot(t, q), "square": np.hypot(t, q - 1),
+              "triangle": np.hypot(t - 1, q)}
+  return min(distance, key=distance.get)
+
+
+def _outline_fits(outline: _Outline, shape: str, settings: ScorerSettings) -> bool:
+  """Step 5: the outline, aspect and solidity are within what `shape` allows."""
+  return (outline.deviation[shape] <= getattr(settings, f"max_deviation_{shape}")
+          and outline.aspect <= getattr(settings, f"max_aspect_{shape}")
+          and outline.solidity >= getattr(settings, f"min_solidity_{shape}"))
 
 
 def min_object_side(shape: str, height: int, width: int,
@@ -191,32 +476,30 @@ def _template_coverage(shape: str, cx: float, cy: float, side: float, ys: np.nda
   return inside.mean(axis=(1, 3))
 
 
-def _fit_shape(cover: np.ndarray, region: np.ndarray, y0: int, x0: int):
-  """Best template for a coverage map `cover` (zero outside `region`), top-left pixel (y0, x0).
+def _fit_template(shape: str, cover: np.ndarray, region: np.ndarray, y0: int, x0: int):
+  """The soft template IoU of `shape` for a coverage map `cover` (zero outside `region`),
+  top-left pixel (y0, x0), and its box (cx, cy, side) in image pixel coordinates.
 
-  Each template is also tried blurred (`_TEMPLATE_BLURS`): blur and JPEG's chroma subsampling
-  round a small square's corners, which a sharp circle template would then fit better.
-  Returns (shape, soft IoU, (cx, cy, side)) in image pixel coordinates.
+  The template (axis-aligned square, circle, upright isosceles triangle) is sized from the
+  coverage-weighted area and centred on the coverage centroid; it is also tried blurred
+  (`_TEMPLATE_BLURS`), as blur and JPEG's chroma subsampling round a small shape's corners.
   """
   area = float(cover.sum())
   ys = np.arange(cover.shape[0]) + y0
   xs = np.arange(cover.shape[1]) + x0
   cy = float((cover.sum(1) * (ys + 0.5)).sum() / area)
   cx = float((cover.sum(0) * (xs + 0.5)).sum() / area)
-  best = None
-  for shape, unit_area in _TEMPLATE_AREA.items():
-    side = float(np.sqrt(area / unit_area))
-    # The triangle's centroid lies s/6 below its box centre.
-    box_cy = cy - side / 6 if shape == "triangle" else cy
-    sharp = _template_coverage(shape, cx, box_cy, side, ys, xs)
-    for sigma in _TEMPLATE_BLURS:
-      template = ndimage.gaussian_filter(sharp, sigma, mode="constant") if sigma else sharp
-      template = np.where(region, template, 0.0)
-      iou = float(np.minimum(cover, template).sum()
-                  / max(np.maximum(cover, template).sum(), 1e-9))
-      if best is None or iou > best[1]:
-        best = (shape, iou, (cx, box_cy, side))
-  return best
+  side = float(np.sqrt(area / _TEMPLATE_AREA[shape]))
+  # The triangle's centroid lies s/6 below its box centre.
+  box_cy = cy - side / 6 if shape == "triangle" else cy
+  sharp = _template_coverage(shape, cx, box_cy, side, ys, xs)
+  best = 0.0
+  for sigma in _TEMPLATE_BLURS:
+    template = ndimage.gaussian_filter(sharp, sigma, mode="constant") if sigma else sharp
+    template = np.where(region, template, 0.0)
+    best = max(best, float(np.minimum(cover, template).sum()
+                           / max(np.maximum(cover, template).sum(), 1e-9)))
+  return best, (cx, box_cy, side)
 
 
 def _colour_components(colours: np.ndarray):
@@ -234,9 +517,10 @@ def _colour_components(colours: np.ndarray):
 class _Segmentation:
   """The colour segmentation of one image (see the module docstring, steps 1-3)."""
   coverage: np.ndarray      # [H, W, colours]: each pixel's coverage by each palette colour
-  best_cover: np.ndarray    # [H, W]: the coverage by the pixel's best-explaining colour
+  best: np.ndarray          # [H, W]: the palette index of the pixel's best-explaining colour
+  best_cover: np.ndarray    # [H, W]: the coverage by that colour
   labels: np.ndarray        # [H, W]: component index, 0 for background
-  label_colour: list[int]   # palette index of each component (-1 for label 0)
+  label_colour: np.ndarray  # palette index of each component (-1 for label 0)
   sizes: np.ndarray         # pixels per component
   min_area: float           # the smallest object area (pixels) over all shapes
 
@@ -253,7 +537,7 @@ def _segment(image: np.ndarray, settings: ScorerSettings) -> _Segmentation:
   labels, label_colour = _colour_components(colours)
   min_area = min(_TEMPLATE_AREA[s] * min_object_side(s, height, width, settings) ** 2
                  for s in _TEMPLATE_AREA)
-  return _Segmentation(coverage, best_cover, labels, label_colour,
+  return _Segmentation(coverage, best, best_cover, labels, np.array(label_colour),
                        np.bincount(labels.ravel(), minlength=len(label_colour)), min_area)
 
 
@@ -266,12 +550,39 @@ class _Candidate:
   ring: np.ndarray  # pixels within `_RIM` of the body, in `crop`
 
 
+def _silhouette(seg: _Segmentation, index: int, crop: tuple[slice, slice], own: np.ndarray,
+                body: np.ndarray, ring: np.ndarray, others: np.ndarray) -> np.ndarray:
+  """The component's coverage map in `crop` (step 3): the body's foreground coverage whatever
+  its colour, and in the rim the partial coverage by the component's own colour."""
+  colour = seg.label_colour[index]
+  crop_labels = seg.labels[crop]
+  rim = ring & ~others
+  if others.any():
+    # A rim pixel next to another object and best explained by that object's colour is that
+    # object's anti-aliased edge, not this one's.
+    other_colour = np.where(others, seg.label_colour[crop_labels], -1)
+    near = ndimage.grey_dilation(other_colour, footprint=_EIGHT_CONNECTED, mode="constant",
+                                 cval=-1)
+    rim &= ~((near >= 0) & (near != colour) & (seg.best[crop] == near))
+  cover = np.where(body, seg.best_cover[crop],
+                   np.where(rim, seg.coverage[crop][..., colour], 0.0))
+  # Specks of other colours on the outline would cut notches into it: their pixels take the
+  # mean silhouette of their other 3x3 neighbours.
+  specks = ring & (crop_labels > 0) & ~own & ~others
+  if specks.any():
+    valid = (~specks).astype(np.float32)
+    total = ndimage.uniform_filter(cover * valid, 3, mode="constant")
+    count = ndimage.uniform_filter(valid, 3, mode="constant")
+    cover = np.where(specks, total / np.maximum(count, 1e-6), cover)
+  return cover
+
+
 def _measure(seg: _Segmentation, index: int, window: tuple[slice, slice],
              settings: ScorerSettings) -> _Candidate | None:
-  """Fits component `index` (bounding slices `window`); None for a speck or a component that
-  cannot be a solid object."""
+  """Names and checks component `index` (bounding slices `window`); None for a speck or a
+  component that cannot be a solid object."""
   height, width = seg.labels.shape
-  colour_index = seg.label_colour[index]
+  colour = seg.label_colour[index]
   # A margin of `_RIM` pixels picks up the anti-aliased or blurred edge (coverage < threshold).
   y0, y1 = max(window[0].start - _RIM, 0), min(window[0].stop + _RIM, height)
   x0, x1 = max(window[1].start - _RIM, 0), min(window[1].stop + _RIM, width)
@@ -282,32 +593,48 @@ def _measure(seg: _Segmentation, index: int, window: tuple[slice, slice],
   ring = ndimage.binary_dilation(body, _EIGHT_CONNECTED, iterations=_RIM) & ~body
   # Other objects' pixels are not part of this one's rim; specks' pixels may be.
   others = (crop_labels > 0) & ~own & (seg.sizes[crop_labels] >= seg.min_area / 2)
-  rim = ring & ~others
   purity = float(own.sum() / body.sum())
   # Cheap tests first (most components of a mosaic fail them): an impure body, or a ring mostly
   # of specks, which no neighbouring object can make up for, is not worth fitting.
   clear_at_most = float(((crop_labels[ring] == 0) | others[ring]).mean()) if ring.any() else 0.0
   if purity < settings.min_purity or clear_at_most < settings.min_isolation:
     return None
-  own_cover = seg.coverage[crop][..., colour_index]
-  # The silhouette: the body's foreground coverage whatever its colour, the rim's partial
-  # coverage by the object's own colour.
-  cover = np.where(body, seg.best_cover[crop], np.where(rim, own_cover, 0.0))
+  cover = _silhouette(seg, index, crop, own, body, ring, others)
   area = float(cover.sum())
   if area < seg.min_area:
     return None
-  shape, iou, (cx, cy, side) = _fit_shape(cover, body | rim, y0, x0)
+  outline = _outline(cover)
+  radius = np.sqrt(area / np.pi)
+  named = _name_shape(outline, radius, settings) if outline is not None else None
+  shape = named or (_nearest_shape(outline) if outline is not None else "circle")
+  template_iou, (cx, cy, side) = _fit_template(shape, cover, body | (ring & ~others), y0, x0)
   if side < min_object_side(shape, height, width, settings):
     return None
+  # The share of the outline (the pixels just outside the body) on other colours' components.
+  outside = ndimage.binary_dilation(body, _EIGHT_CONNECTED) & ~body
+  contact = float(np.mean((crop_labels[outside] > 0)
+                          & (seg.label_colour[crop_labels[outside]] != colour))
+                  ) if outside.any() else 0.0
+  if outline is None:
+    detection = Detection(shape=shape, color=palette.COLOR_NAMES[colour],
+                          confidence=template_iou, cx=cx, cy=cy, w=side, h=side, area=area,
+                          purity=purity, contact=contact, recognised=False)
+    return _Candidate(index, detection, crop, ring)
+  recognised = named is not None and _outline_fits(outline, shape, settings)
   detection = Detection(
-      shape=shape, color=palette.COLOR_NAMES[colour_index], confidence=iou, cx=cx, cy=cy,
-      w=side, h=side, area=area, purity=purity)
+      shape=shape, color=palette.COLOR_NAMES[colour],
+      confidence=max(template_iou, outline.outline_iou[shape]), cx=cx, cy=cy, w=side, h=side,
+      area=area, purity=purity, triangularity=outline.triangularity,
+      squareness=outline.squareness, deviation=outline.deviation[shape], aspect=outline.aspect,
+      solidity=outline.solidity, contact=contact, recognised=recognised)
   return _Candidate(index, detection, crop, ring)
 
 
 def _is_solid_shape(det: Detection, settings: ScorerSettings) -> bool:
-  """A recognisable shape of one colour (`_measure` drops impure ones), whatever it touches."""
-  return det.confidence >= settings.min_confidence and det.purity >= settings.min_purity
+  """A recognised shape of one colour (`_measure` drops impure ones) that is not a piece of a
+  multi-colour blob, whatever else it touches."""
+  return (det.recognised and det.confidence >= settings.min_confidence
+          and det.purity >= settings.min_purity and det.contact <= settings.max_contact)
 
 
 def _isolation(neighbours: list[np.ndarray], indices: list[int], shaped: list[bool],

@@ -42,7 +42,6 @@ import dataclasses
 import math
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -208,7 +207,7 @@ def compiled_memory(setup: DenoiserSetup) -> dict[str, int] | None:
   """XLA's memory analysis of the compiled train step on this backend (per device), or None
   where the backend does not report one. Compiles; allocates nothing."""
   step = loop.jit_train_step(setup.task, setup.shardings, jax.random.key(0))
-  with setup.mesh, nn.logical_axis_rules(list(setup.rules)):
+  with sharding_lib.mesh_context(setup.mesh, setup.rules):
     compiled = step.lower(setup.state, setup.batch,
                           jax.ShapeDtypeStruct((), jnp.int32)).compile()
   try:

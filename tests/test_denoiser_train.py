@@ -127,7 +127,7 @@ def test_train_step_on_8_devices_equals_1_device(scan_layers):
   for mesh in (_mesh(jax.devices()[:1], (1, 1, 1)), _mesh(jax.devices(), (2, 2, 2))):
     state, shardings = sharding.create_sharded_state(task.init_state, mesh, rules,
                                                      jax.random.key(0))
-    with mesh, nn.logical_axis_rules(list(rules)):  # As mdd.train.loop runs the step.
+    with sharding.mesh_context(mesh, rules):  # As mdd.train.loop runs the step.
       step = jax.jit(task.train_step, in_shardings=(shardings, None, None),
                      out_shardings=(shardings, None))
       device_batch = sharding.shard_batch(host, mesh)

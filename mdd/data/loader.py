@@ -379,10 +379,12 @@ class MappedIterator:
     return self.fn(next(self.iterator))
 
   def get_state(self):
-    return self.iterator.get_state()
+    """The wrapped iterator's state; None for one without (a plain generator)."""
+    get_state = getattr(self.iterator, "get_state", None)
+    return None if get_state is None else get_state()
 
   def set_state(self, state) -> None:
-    self.iterator.set_state(state)
+    self.iterator.set_state(state)  # AttributeError for an iterator without a state.
 
   def close(self) -> None:
     if hasattr(self.iterator, "close"):

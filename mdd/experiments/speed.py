@@ -61,7 +61,7 @@ def _measure_task(task, mesh, rules, host_batches: Iterator[dict], steps: int,
 
   out = {"host_ms": 1e3 * _timed(lambda: next(host_batches), max(steps // 2, 3))}
   _, shardings = loop.abstract_state(task, mesh, rules)
-  with mesh, nn.logical_axis_rules(list(rules)):
+  with sharding_lib.mesh_context(mesh, rules):
     start = time.perf_counter()  # A fresh state as the loop makes one: compile + run.
     state = jax.jit(task.init_state, out_shardings=shardings)(jax.random.key(0))
     jax.block_until_ready(state)

@@ -23,6 +23,10 @@ from mdd import sampling as sampler_lib
 from mdd import workdir as workdir_lib
 
 
+# Rows per decoder call (see `Generator.decode`).
+DECODE_CHUNK = 8
+
+
 @dataclasses.dataclass
 class Generator:
   """A trained tokenizer + denoiser, ready to sample."""
@@ -58,8 +62,19 @@ class Generator:
     return sampler_lib.SamplerConfig.from_config(section, mask_id=self.mask_id)
 
   def decode(self, tokens) -> np.ndarray:
-    """Token ids [B, h, w] (no mask ids) -> uint8 images [B, H, W, 3]."""
-    return self.tokenizer.decode(tokens)
+    """Token ids [B, h, w] (no mask ids) -> uint8 images [B, H, W, 3].
+
+    Decoded in chunks of `DECODE_CHUNK` rows (the last one padded), so an image depends on its
+    tokens alone: XLA may pick kernels that round differently for different batch shapes, and
+    a sample must not change by a pixel level with the batch it was drawn in."""
+    tokens = np.asarray(tokens)
+    n = len(tokens)
+    if n == 0:
+      return self.tokenizer.decode(tokens)
+    padded = -(-n // DECODE_CHUNK) * DECODE_CHUNK
+    tokens = np.concatenate([tokens, np.repeat(tokens[-1:], padded - n, axis=0)])
+    return np.concatenate([np.asarray(self.tokenizer.decode(tokens[i:i + DECODE_CHUNK]))
+                           for i in range(0, padded, DECODE_CHUNK)])[:n]
 
   def encode(self, images) -> np.ndarray:
     return self.tokenizer.encode(images)

@@ -156,9 +156,13 @@ class Denoiser(nn.Module):
       cond = jnp.concatenate([cond] + extra, axis=-1)
     cond = layers.dense(self.width, names=(None, "embed"), name="cond_in", use_bias=True,
                         **kw)(cond)
+    # The conditioning rows are split like the tokens they are added to (by batch), not like
+    # the kernels' features (a reshard between the two XLA can only do by replicating).
+    cond = layers.constrain(cond, ("act_batch", "act_embed"))
     # Zero-initialised: conditioning starts as a no-op and is learned.
     cond = layers.dense(self.width, names=("mlp", "embed"), name="cond_out", use_bias=True,
                         kernel_init=nn.initializers.zeros, **kw)(nn.silu(cond))
+    cond = layers.constrain(cond, ("act_batch", "act_embed"))
     x = x + cond[:, None, :]
 
     # Text context: project to the model width; CFG-dropped rows see only the null token.

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mdd.utils import sharding
+
 Dtype = Any
 
 # Scaled-down init keeps residual streams of deep stacks O(1) at initialisation.
@@ -22,8 +24,8 @@ _DEFAULT_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_norma
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
-  """Logical sharding constraint on an activation (no-op without a mesh)."""
-  return nn.with_logical_constraint(x, tuple(names))
+  """Logical sharding constraint on an activation (no-op outside `sharding.mesh_context`)."""
+  return sharding.constrain(x, tuple(names))
 
 
 class Embed(nn.Embed):
@@ -37,7 +39,11 @@ class Embed(nn.Embed):
   def __call__(self, inputs: jax.Array) -> jax.Array:
     if not jnp.issubdtype(inputs.dtype, jnp.integer):
       raise ValueError(f"Embed needs integer ids, got {inputs.dtype}")
-    return jnp.take(self.embedding, inputs, axis=0).astype(self.dtype)
+    # The feature dim is gathered first (FSDP's all-gather of a weight before use; the rows keep
+    # whatever split the table has), so the looked-up rows come out split by the batch like the
+    # ids, not by the features (a reshard XLA can only do by replicating the whole lookup).
+    table = constrain(self.embedding, (sharding.UNCONSTRAINED, None))
+    return jnp.take(table, inputs, axis=0).astype(self.dtype)
 
 
 def dense(features, *, axis=-1, names: Sequence[str | None], dtype: Dtype = jnp.float32,

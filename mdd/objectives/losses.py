@@ -7,7 +7,7 @@ to `pallas_kernels.gce.fused_gce` (GCE as defined in docs/architecture.md: `soft
          chunked  pure JAX `custom_vjp` over token chunks (O(chunk V) memory);
          pallas   the fused kernel of the backend (`pallas_gpu` / `pallas_tpu`);
          auto     the kernel's own choice (the Pallas kernel on GPU/TPU, chunked on CPU).
-Under a device mesh (`jax.set_mesh`, or the `with mesh:` of the train loop) the fused paths run
+Under a device mesh (the train loop's `mdd.utils.sharding.mesh_context`, or `jax.set_mesh`) the fused paths run
 through `pallas_kernels.gce.sharded` (`shard_map`): the head is split along V over the mesh
 axes of the `vocab` logical rule (when they divide V, else replicated) and the rows over the
 `act_batch` axes plus every other axis, so no device idles and nothing N x V is gathered.
@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mdd.utils import sharding as sharding_lib
 from pallas_kernels import gce as gce_lib
 
 IMPLS = ("auto", "xla", "chunked", "pallas")
@@ -51,20 +52,13 @@ def _kernel_impl(impl: str) -> str:
 
 
 def _active_mesh():
-  """The mesh of the enclosing context, or None.
-
-  `jax.set_mesh` sets the abstract mesh; the legacy `with mesh:` (mdd/train/loop.py) only sets
-  JAX's physical-mesh context, which has no public getter, hence the private read.
-  """
+  """The mesh of the enclosing `sharding.mesh_context` (the train loop's) or of `jax.set_mesh`,
+  or None."""
+  mesh = sharding_lib.current_mesh()
+  if mesh is not None:
+    return mesh
   abstract = jax.sharding.get_abstract_mesh()
-  if not abstract.empty:
-    return abstract
-  try:
-    from jax._src import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
-    physical = mesh_lib.thread_resources.env.physical_mesh
-  except (ImportError, AttributeError):  # A JAX without it: the unsharded path, still correct.
-    return None
-  return None if physical.empty else physical
+  return None if abstract.empty else abstract
 
 
 def _mesh_axes(rules: dict, name: str, mesh) -> tuple[str, ...]:

@@ -18,7 +18,6 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,7 +111,7 @@ def restore_or_init(task: Task, manager, mesh: Mesh, rules, rng: jax.Array):
                                                        on_corrupt)
     logging.info("%s: resuming from checkpoint step %d", task.name, latest)
     return state, shardings, int(latest), data
-  with mesh, nn.logical_axis_rules(list(rules)):
+  with sharding_lib.mesh_context(mesh, rules):
     state = jax.jit(task.init_state, out_shardings=shardings)(rng)
     if task.warm_start is not None:
       state = task.warm_start(state)
@@ -243,7 +242,7 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
   multi_process = jax.process_count() > 1
   preempted, done, saved = False, start_step, start_step
   nonfinite_at, skipped = None, 0
-  with mesh, nn.logical_axis_rules(list(rules)), _sigterm_flag() as sigterm:
+  with sharding_lib.mesh_context(mesh, rules), _sigterm_flag() as sigterm:
     for step in range(start_step, total):
       batch, input_state = next(batches)
       state, step_metrics = jit_step(state, batch, np.int32(step))
@@ -306,7 +305,7 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
   eval_path = os.path.join(out_dir, "eval.json")
   if not preempted and task.evaluate is not None and (start_step < total
                                                       or not fileio.exists(eval_path)):
-    with mesh, nn.logical_axis_rules(list(rules)):
+    with sharding_lib.mesh_context(mesh, rules):
       results = task.evaluate(state)
     results = {k: (float(v) if np.isscalar(v) or np.ndim(v) == 0 else v)
                for k, v in results.items()}

@@ -8,6 +8,9 @@ devices, one GPU or a TPU pod; only the mesh and the rules change.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import math
 from typing import Any, Callable, Sequence
 
@@ -132,13 +135,49 @@ def _divisible_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
   """`spec` with every dimension the mesh does not divide evenly set to None."""
   out = []
   for dim, axes in enumerate(tuple(spec) + (None,) * (len(shape) - len(spec))):
-    if axes is None:
-      out.append(None)
+    if axes is None or axes is P.UNCONSTRAINED:
+      out.append(axes)
       continue
     names = axes if isinstance(axes, tuple) else (axes,)
     ways = math.prod(mesh.shape[a] for a in names)
     out.append(axes if shape[dim] % ways == 0 else None)
   return P(*out)
+
+
+UNCONSTRAINED = P.UNCONSTRAINED  # A `constrain` name: leave this dimension to XLA.
+
+_CURRENT_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("mdd_mesh",
+                                                                              default=None)
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh, rules: Rules):
+  """While tracing inside it: the activations' logical constraints (`constrain`) and the
+  sharded loss use `mesh`, and the logical axis `rules` are active. Parameters and batches are
+  placed by the jitted functions' shardings (`logical_to_shardings`, `shard_batch`)."""
+  token = _CURRENT_MESH.set(mesh)
+  try:
+    with nn.logical_axis_rules(list(rules)):
+      yield
+  finally:
+    _CURRENT_MESH.reset(token)
+
+
+def current_mesh() -> Mesh | None:
+  """The mesh of the enclosing `mesh_context`, or None."""
+  return _CURRENT_MESH.get()
+
+
+def constrain(x: jax.Array, names) -> jax.Array:
+  """Sharding constraint on an activation by its logical axis `names` (or `UNCONSTRAINED`:
+  that dimension as XLA likes), under the enclosing `mesh_context` (a no-op outside one). A
+  dimension its mesh axes do not divide is replicated, as in `logical_to_shardings`."""
+  mesh = current_mesh()
+  if mesh is None:
+    return x
+  spec = [n if n is UNCONSTRAINED else nn.logical_to_mesh_axes((n,))[0] for n in names]
+  return jax.lax.with_sharding_constraint(
+      x, NamedSharding(mesh, _divisible_spec(P(*spec), np.shape(x), mesh)))
 
 
 def create_sharded_state(init_fn: Callable[..., Any], mesh: Mesh, rules: Rules, *args):
@@ -148,7 +187,7 @@ def create_sharded_state(init_fn: Callable[..., Any], mesh: Mesh, rules: Rules, 
   """
   abstract = jax.eval_shape(init_fn, *args)
   shardings = logical_to_shardings(abstract, mesh, rules)
-  with mesh, nn.logical_axis_rules(list(rules)):
+  with mesh_context(mesh, rules):
     state = jax.jit(init_fn, out_shardings=shardings)(*args)
   return state, shardings
 

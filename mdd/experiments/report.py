@@ -33,11 +33,12 @@ class Headline:
 
 CURRENT_RESULTS: tuple[Headline, ...] = (
     Headline("CPU default, whole pipeline (`configs/shapes_tiny.py`, the README's main command)",
-             "ShapeGenEval **0.127** (v4) over 2016 images, which v3 scores 0.296 and v2 0.297 "
-             "(the same before and after the layered layout: byte-identical sample grid); "
-             "**0.263** (v2) in 12 min 59 s on another machine",
+             "ShapeGenEval **0.137** (v4) over 2016 images in 15 min 23 s with the grain input "
+             "pipeline; the run before it (another example order) 0.127 (v4), which v3 scores "
+             "0.296 and v2 0.297; **0.263** (v2) in 12 min 59 s on another machine",
              "2 CPU cores, jax 0.10.2",
-             ("docs/runs/shapes_tiny_v4_2026-12-05.json", "docs/runs/shapes_tiny_v3_2026-12-05.json",
+             ("docs/runs/shapes_tiny_grain_v4_2026-12-05.json",
+              "docs/runs/shapes_tiny_v4_2026-12-05.json", "docs/runs/shapes_tiny_v3_2026-12-05.json",
               "docs/runs/shapes_tiny_2026-12-05.json", "docs/runs/shapes_tiny_2026-11-29_s12.json")),
     Headline("ShapeGenEval's agreement with a person (324 CPU-default images labelled by eye, "
              "`mdd/eval/shapes_geneval/AGREEMENT.md`)",

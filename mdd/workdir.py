@@ -205,18 +205,21 @@ class Workdir:
                                          neighbour_weights=table.weights)
 
   def load_denoiser_params(self, system: system_lib.DenoiserSystem, config,
-                           sharding=None) -> tuple[Any, int]:
-    """(unboxed parameters, step) of the latest denoiser checkpoint: only the EMA copy when the
-    run kept one, else the raw parameters; placed by `sharding` (default: one device)."""
+                           sharding=None, step: int | None = None) -> tuple[Any, int]:
+    """(unboxed parameters, step) of the latest denoiser checkpoint (or of `step`): only the EMA
+    copy when the run kept one, else the raw parameters; placed by `sharding` (default: one
+    device)."""
     abstract = jax.eval_shape(system.init_params, jax.random.key(0))
     key = _eval_params_key(config)
     try:
       restored, step = checkpoints.restore_subtrees(
           self.checkpoints_dir(DENOISER), {key: checkpoints.on_device(abstract, sharding)},
-          name=DENOISER)
-    except FileNotFoundError:
+          name=DENOISER, step=step)
+    except FileNotFoundError as e:
+      if step is not None:
+        raise
       raise FileNotFoundError(f"no denoiser checkpoint under {self.checkpoints_dir(DENOISER)} "
-                              "(run --config.mode=train first)") from None
+                              "(run --config.mode=train first)") from e
     params = nn.unbox(restored[key])
     _check_finite(params, f"the denoiser checkpoint (step {step}) in {self.denoiser_dir}")
     return params, step

@@ -219,3 +219,26 @@ def test_init_from_must_name_a_trained_run(tmp_path):
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           env=dict(os.environ, JAX_PLATFORMS="cpu"), check=True)
   assert result.stdout.split() == ["[]", "False"], result.stdout + result.stderr[-2000:]
+
+
+def test_sampling_params_of_an_earlier_checkpoint_step(tmp_path):
+  """`step=` reads that checkpoint's EMA (for score-vs-step curves); a step that was not kept
+  is a one-line error listing the kept steps."""
+  config = configs.load("shapes_tiny:runlocal")
+  config.denoiser.depth = 1
+  run, system, ema = _denoiser_run(tmp_path, config, vocab=16)
+  later = jax.tree.map(lambda x: x * 2, ema)
+  manager = checkpoints.manager(run.checkpoints_dir("denoiser"), async_save=False, keep=5)
+  manager.save(9, args=ocp.args.StandardSave({"params": later, "ema_params": later}))
+  manager.wait_until_finished()
+  manager.close()
+  latest, step = run.load_denoiser_params(system, config)
+  assert step == 9
+  earlier, step = run.load_denoiser_params(system, config, step=5)
+  assert step == 5
+  for a, b, c in zip(jax.tree.leaves(earlier), jax.tree.leaves(nn.unbox(ema)),
+                     jax.tree.leaves(latest)):
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c) or not np.asarray(a).any()
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 7 .*\[5, 9\]"):
+    run.load_denoiser_params(system, config, step=7)

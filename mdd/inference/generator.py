@@ -38,15 +38,15 @@ class Generator:
   step: int
 
   @classmethod
-  def from_workdir(cls, workdir: str, config=None) -> "Generator":
+  def from_workdir(cls, workdir: str, config=None, step: int | None = None) -> "Generator":
     """The trained tokenizer and denoiser (EMA) of `workdir`, with its run config unless
-    `config` is given."""
+    `config` is given; the latest denoiser checkpoint unless `step` names another."""
     run = workdir_lib.Workdir(workdir)
     if config is None:
       config = run.load_run_config()
     tokenizer = run.load_tokenizer()
     system = run.denoiser_system(config)
-    params, step = run.load_denoiser_params(system, config)
+    params, step = run.load_denoiser_params(system, config, step=step)
     height, width = workdir_lib.image_hw(config.data)
     f = tokenizer.downsample_factor
     return cls(config=config, tokenizer=tokenizer, system=system, params=params,

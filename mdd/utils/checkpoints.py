@@ -106,8 +106,10 @@ def on_device(abstract_tree, sharding=None):
 
 
 def restore_subtrees(directory: str, targets: dict[str, Any], *, name: str = "model",
-                     path: tuple[str, ...] = ()) -> tuple[dict[str, Any], int]:
-  """Reads only `targets` (key -> abstract tree with shardings) from the latest checkpoint.
+                     path: tuple[str, ...] = (),
+                     step: int | None = None) -> tuple[dict[str, Any], int]:
+  """Reads only `targets` (key -> abstract tree with shardings) from the latest checkpoint, or
+  from checkpoint `step` when given (a missing step is a one-line FileNotFoundError).
 
   The keys are found under `path` in the saved state (e.g. `("generator",)`). Returns
   ({key: restored tree}, step). Raises FileNotFoundError without a checkpoint and a one-line
@@ -117,6 +119,11 @@ def restore_subtrees(directory: str, targets: dict[str, Any], *, name: str = "mo
   steps = all_steps(directory)
   if not steps:
     raise FileNotFoundError(f"no checkpoint under {directory}")
+  if step is not None:
+    if int(step) not in steps:
+      raise FileNotFoundError(f"no checkpoint of step {step} under {directory} "
+                              f"(steps {sorted(steps)})")
+    steps = [int(step)]
   target = dict(targets)
   for key in reversed(path):
     target = {key: target}

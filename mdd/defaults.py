@@ -169,6 +169,7 @@ def tokenizer_config(size: str | None = None) -> ml_collections.ConfigDict:
   c.loop.keep_checkpoints = 2
   c.loop.async_checkpoints = True   # write checkpoints while training goes on
   c.loop.nonfinite = "stop"         # a NaN/Inf step: stop (no save) | skip the update
+  c.loop.stop_at = 0                # end this invocation at this step, with a checkpoint
   if size is not None:
     _apply_overrides(c, size)
   return c
@@ -285,6 +286,7 @@ def denoiser_train_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.async_checkpoints = True  # write checkpoints while training goes on
   c.nonfinite = "stop"       # a NaN/Inf step: stop (no save) | skip the update
+  c.stop_at = 0              # end this invocation at this step, with a checkpoint (0 = off)
   c.tensorboard = True
   c.eval_batches = 4         # held-out batches in the final evaluation
   c.init_from = ""           # another run's workdir: copy its tokenizer, start from its weights
@@ -299,7 +301,7 @@ def eval_config() -> ml_collections.ConfigDict:
 
   # Offline GenEval over ShapeGen (mdd.eval.shapes_geneval) -> WORKDIR/eval/shapes_geneval.json.
   c.shapes_geneval = ml_collections.ConfigDict()
-  c.shapes_geneval.which = "main"          # main | heldout | all
+  c.shapes_geneval.which = "main"          # main | heldout | reworded | color_attr_new | all
   c.shapes_geneval.images_per_prompt = 4   # GenEval's 4 samples per prompt
   c.shapes_geneval.batch_size = 64         # (prompt, seed) pairs per generate_fn call
   c.shapes_geneval.seed = 0

@@ -175,7 +175,8 @@ def main(argv):
     try:
       run_fn(config, workdir)
     finally:
-      if records_config and sys.exc_info()[0] in (None, loop_preempted()):
+      stopped = sys.exc_info()[0]
+      if records_config and (stopped is None or issubclass(stopped, loop_preempted())):
         run_dir.save_run_config(config)
 
 

@@ -71,7 +71,7 @@ def test_mean_std_and_steps_to_reach():
 
 def test_variants_cover_the_issue():
   names = ablate.sampler_variants()
-  for steps in (4, 8, 16, 32):
+  for steps in (4, 8, 16, 32, 64):
     for method in ("no_edit", "edit_t0.9", "edit_t0.5", "remdm"):
       assert f"{method}@{steps}" in names
   assert names["no_edit@8"]["edit_threshold"] >= 1.0
@@ -102,7 +102,7 @@ def test_runner_spreads_gpus_and_reports_failures(tmp_path):
                              ("bad", [sys.executable, "-c", "raise SystemExit(3)"])])
   assert statuses == {"a": 0, "b": 0, "bad": 3}
   # Two slots, two GPUs: the two jobs that run together get different GPUs.
-  logs = {open(tmp_path / f"{n}.log").read().strip() for n in ("a", "b")}
+  logs = {open(tmp_path / f"{n}.log").read().strip().splitlines()[-1] for n in ("a", "b")}
   assert logs == {"GPU 0", "GPU 1"}
 
 
@@ -121,15 +121,67 @@ def test_ablation_end_to_end_at_toy_size(tmp_path):
   """Tokenizer once, one CE run, two sampler settings and the held-out split (~5 min on CPU)."""
   workdir = tmp_path / "abl"
   ablate.main(["--config=configs/shapes_tiny.py:runlocal", f"--workdir={workdir}",
-               "--loss_variants=ce", "--seeds=0", "--eval_every=20", "--only=no_edit@4|remdm@4",
+               "--loss_variants=ce", "--seeds=0", "--eval_every=20", "--geneval_every=40",
+               "--only=no_edit@4|remdm@4",
                "--studies=loss,sampler,heldout", "--set", "tokenizer.model.vocab_size=64",
                "--set", "loss.type=ce", "--set", "loss.ce_mix=0.0"])
   results = json.loads((workdir / "ablate.json").read_text())
   run = results["runs"]["loss/ce_s0"]
   assert run["status"] == 0 and run["final"]["step"] == 60
   assert [row["step"] for row in run["curve"] if "eval/masked_acc" in row] == [20, 40, 60]
-  assert {k for k in results["evals"]} == {"sampler/no_edit@4/s0", "sampler/remdm@4/s0",
-                                           f"heldout/{results['heldout_setting']}/s0"}
+  # ShapeGenEval of the checkpoint every 40 steps and of the final one.
+  assert [p["step"] for p in run["geneval_curve"]] == [40, 60]
+  assert run["shapes_geneval"]["overall"] == run["geneval_curve"][-1]["overall"]
+  best = results["heldout_setting"]
+  assert best in ("no_edit@4", "remdm@4")
+  assert set(results["evals"]) == {"sampler/no_edit@4/s0", "sampler/remdm@4/s0"} | {
+      f"prompts_{which}/{name}/s0" for which in ablate.PROMPT_SET_STUDY
+      for name in ("config", "config_no_edit", best)}
+  assert {e["which"] for e in results["evals"].values()} == set(ablate.PROMPT_SET_STUDY)
   assert all(0.0 <= e["summary"]["overall"] <= 1.0 for e in results["evals"].values())
   text = report.write_report(results, str(tmp_path / "results.md"))
   assert "| ce | 1 |" in text
+  assert "| setting | main | heldout | reworded | color_attr_new |" in text
+
+
+def test_evaluation_retries_at_half_the_batch_when_memory_runs_out():
+  tried = []
+
+  def fn(rows):
+    tried.append(rows)
+    if rows > 16:
+      raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 32.02GiB")
+    return rows
+
+  assert ablate._run_halving_on_oom(fn, 64) == 16 and tried == [64, 32, 16]
+  with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+    ablate._run_halving_on_oom(fn, 64, smallest=64)
+  with pytest.raises(ValueError):  # Other errors are not retried.
+    ablate._run_halving_on_oom(lambda rows: int("x"), 64)
+
+
+def test_geneval_curves_steps_to_reach_and_prompt_sets():
+  def run(variant, seed, points):
+    return {"variant": variant, "seed": seed, "status": 0, "final": {"step": 3000},
+            "curve": [], "shapes_geneval": {"overall": points[-1][1], "tags": {}},
+            "geneval_curve": [{"step": s, "overall": v, "tags": {}} for s, v in points]}
+  results = {"runs": {
+      "loss/ce_s0": run("ce", 0, [(1000, 0.2), (2000, 0.4), (3000, 0.6)]),
+      "loss/ce_s1": run("ce", 1, [(1000, 0.2), (2000, 0.4), (3000, 0.6)]),
+      "loss/gce_s0": run("gce", 0, [(1000, 0.3), (2000, 0.7), (3000, 0.8)]),
+      "loss/gce_s1": run("gce", 1, [(1000, 0.3), (2000, 0.5), (3000, 0.8)])},
+      "evals": {f"prompts_{w}/config/s{s}": {"study": f"prompts_{w}", "variant": "config",
+                                              "seed": s, "which": w,
+                                              "summary": {"overall": v + s * 0.1, "tags": {}}}
+                for w, v in (("main", 0.5), ("reworded", 0.3)) for s in (0, 1)}}
+  table = report.geneval_curve_table(results)
+  assert "| ce | 0.200 ± 0.000 | 0.400 ± 0.000 | 0.600 ± 0.000 |" in table
+  assert "| gce | 0.300 ± 0.000 | 0.600 ± 0.141 | 0.800 ± 0.000 |" in table
+  # GCE's mean curve reaches CE's final 0.6 at step 2000: 0.67 of CE's 3000 steps.
+  reach = report.reach_reference_table(results)
+  assert "| gce | 2000 | 0.67 | 0.800 ± 0.000 |" in reach and "| ce | 3000 | 1.00 |" in reach
+  assert report.steps_to_score([(1000, 0.3, 0), (2000, 0.5, 0)], 0.4) == 1500.0
+  assert report.steps_to_score([(1000, 0.3, 0)], 0.4) is None
+  sets = report.prompt_sets_table(results)
+  assert "| setting | main | reworded |" in sets
+  assert "| config | 0.550 ± 0.071 | 0.350 ± 0.071 |" in sets

@@ -108,6 +108,26 @@ def test_resume_continues_the_same_curve(tmp_path):
                              np.asarray(full.params["w1"].value), rtol=1e-5, atol=1e-6)
 
 
+def test_stop_at_pauses_with_a_checkpoint_and_the_rerun_continues_the_same_curve(tmp_path):
+  """`stop_at` ends an invocation at that step (checkpoint saved, no final eval, exit status 0)
+  with the schedule of the whole run; reruns continue, bit-exact with an uninterrupted run."""
+  mesh = _mesh()
+  full = loop.train(_task(20), _loop_cfg(), str(tmp_path / "full"), mesh, sharding.DEFAULT_RULES)
+  part = str(tmp_path / "part")
+  with pytest.raises(loop.Paused) as paused:
+    loop.train(_task(20), _loop_cfg(stop_at=7), part, mesh, sharding.DEFAULT_RULES)
+  assert paused.value.code == 0 and "paused at stop_at=7 after step 7" in paused.value.message
+  assert checkpoints.all_steps(os.path.join(part, "toy", "checkpoints"))[0] == 7
+  assert not os.path.exists(os.path.join(part, "toy", "eval.json"))
+  with pytest.raises(loop.Paused) as paused:  # Already there: no steps.
+    loop.train(_task(20), _loop_cfg(stop_at=7), part, mesh, sharding.DEFAULT_RULES)
+  assert "nothing to train" in paused.value.message
+  resumed = loop.train(_task(20), _loop_cfg(stop_at=20), part, mesh, sharding.DEFAULT_RULES)
+  assert int(resumed.step) == 20 and os.path.exists(os.path.join(part, "toy", "eval.json"))
+  for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_restore_onto_a_different_mesh(tmp_path):
   loop.train(_task(10), _loop_cfg(), str(tmp_path), _mesh((2, 2, 2)), sharding.DEFAULT_RULES)
   other = _mesh((1, 4, 2))

@@ -10,11 +10,15 @@ isolated, resumable and can go side by side, one GPU each with `--gpus`):
   base     DIR/base: train the tokenizer and pretokenize once; every run below links to it.
   loss     DIR/loss/<variant>_s<seed>: train the denoiser from scratch per loss variant and seed
            (equal steps), held-out masked / group accuracy every `--eval_every` steps, then
-           ShapeGenEval with the config's sampler.
+           ShapeGenEval with the config's sampler: of the final model, or with
+           `--geneval_every=N` of the checkpoint every N steps (a score-vs-step curve).
   sampler  on the models of the config's own loss: editing off / on (thresholds, window,
-           post-fill passes) / ReMDM re-masking at 4, 8, 16 and 32 steps; edits per step.
+           post-fill passes) / ReMDM re-masking at 4, 8, 16, 32 and 64 steps; edits per step.
   policy   unmask policies (confidence, stratified, entropy-bounded) and guidance scales.
-  heldout  the best sampler setting found above on the held-out compositional prompts.
+  heldout  the headline sampler settings (the config's own, the same without edits, and the
+           best one found above) on prompts they were not chosen on: the held-out
+           compositional split, `main` reworded, and new colour-attribute combinations
+           (`mdd.data.prompts.PROMPT_SETS`), next to `main`.
 Every evaluation result lands in DIR/ablate.json (rewritten atomically after each run, so a
 killed ablation resumes where it stopped); `--report` turns it into markdown tables and PNG
 plots. Seeds are training seeds: each seed is its own trained denoiser, and ShapeGenEval uses
@@ -45,7 +49,9 @@ LOSS_VARIANTS: dict[str, dict[str, Any]] = {
     "gce_soft_ce_mix": {"loss.type": "gce", "loss.mode": "soft", "loss.ce_mix": 0.1},
 }
 NO_EDIT = {"edit_threshold": 1.0, "num_edit_passes": 0}
-STEPS = (4, 8, 16, 32)
+# The prompt sets the headline settings are scored on (the `heldout` study).
+PROMPT_SET_STUDY = ("main", "heldout", "reworded", "color_attr_new")
+STEPS = (4, 8, 16, 32, 64)
 
 
 def sampler_variants(steps: Sequence[int] = STEPS) -> dict[str, dict[str, Any]]:
@@ -112,7 +118,10 @@ class Runner:
           per_gpu = -(-self.parallel // self.gpus)
           env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / per_gpu:.2f}")
         start = time.time()
-        with open(os.path.join(self.logdir, name.replace("/", "_") + ".log"), "w") as log:
+        # Appended: a study runs a name several times (segments, resumed pieces).
+        with open(os.path.join(self.logdir, name.replace("/", "_") + ".log"), "a") as log:
+          log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n")
+          log.flush()
           status = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                   check=False).returncode
         print(f"[ablate] {name}: exit {status} in {time.time() - start:.0f}s", flush=True)
@@ -162,26 +171,36 @@ def _curve(run_dir: str) -> list[dict]:
   return [by_step[step] for step in sorted(by_step)]
 
 
-def eval_many(run_dir: str, jobs: Sequence[dict], which: str, images_per_prompt: int,
+def eval_many(jobs: Sequence[dict], which: str, images_per_prompt: int,
               batch_size: int) -> None:
-  """ShapeGenEval of the run's denoiser under several sampler settings, one model load.
+  """ShapeGenEval of trained denoisers under sampler settings, in one process.
 
-  jobs: [{"overrides": {...}, "out_dir": str}]; each writes out_dir/summary.json (overall, per
-  tag, and per-step edits + re-masks and unmasks per image) and its GenEval layout.
+  jobs: [{"run_dir": str, "step": int | None, "overrides": {...}, "out_dir": str}]; `step`
+  None is the run's latest checkpoint. Each writes out_dir/summary.json (overall, per tag, the
+  checkpoint step, and per-step edits + re-masks and unmasks per image) and its GenEval layout.
+  Models load once per (run, step); runs of one config share the compiled sampler, so the jobs
+  of several seeds in one process compile each sampler setting once.
   """
   import numpy as np  # pylint: disable=import-outside-toplevel
   from mdd.inference import generator as generation  # pylint: disable=import-outside-toplevel
   from mdd.eval import shapes_geneval  # pylint: disable=import-outside-toplevel
-  gen = generation.Generator.from_workdir(run_dir)
+  models: dict = {}
   for job in jobs:
-    overrides, out_dir = job["overrides"], job["out_dir"]
+    overrides, out_dir = job.get("overrides", {}), job["out_dir"]
     if os.path.exists(os.path.join(out_dir, "summary.json")):
       continue
+    key = (job["run_dir"], job.get("step"))
+    if key not in models:
+      if len(models) >= 4:  # a few models at a time: sampler jobs alternate between seeds
+        models.pop(next(iter(models)))
+      models[key] = generation.Generator.from_workdir(job["run_dir"], step=job.get("step"))
+    gen = models[key]
     cfg = gen.sampler_config(**overrides)
-    totals = {"edits": None, "unmasked": None, "images": 0}
+    totals = {"edits": None, "unmasked": None, "images": 0, "rows": batch_size}
 
-    def generate_fn(prompts, seeds, cfg=cfg, totals=totals):
-      out = gen.generate(list(prompts), list(seeds), sampler_cfg=cfg)
+    def generate_fn(prompts, seeds, cfg=cfg, totals=totals, gen=gen):
+      # Every call at the layout's batch size (the last one padded): one compiled sampler.
+      out = gen.generate(list(prompts), list(seeds), sampler_cfg=cfg, pad_to=totals["rows"])
       stats = out["output"].stats
       edits = (np.asarray(stats["num_edited"]).sum(axis=1)
                + np.asarray(stats["num_remasked"]).sum(axis=1))
@@ -192,14 +211,38 @@ def eval_many(run_dir: str, jobs: Sequence[dict], which: str, images_per_prompt:
       return out["images"]
 
     generate_fn.fingerprint = gen.fingerprint(cfg)
-    result = shapes_geneval.run(generate_fn, out_dir, images_per_prompt=images_per_prompt,
-                                which=which, batch_size=batch_size)
+    def layout(rows, fn=generate_fn, totals=totals, out_dir=out_dir):
+      totals["rows"] = rows
+      return shapes_geneval.run(fn, out_dir, images_per_prompt=images_per_prompt, which=which,
+                                batch_size=rows)
+
+    result = _run_halving_on_oom(layout, batch_size)
     summary = {"overall": result["overall"], "tags": result["tags"],
                "num_images": result["num_images"], "denoiser_step": int(gen.step)}
     if totals["images"]:
       summary["edits_per_step"] = (totals["edits"] / totals["images"]).tolist()
       summary["unmasked_per_step"] = (totals["unmasked"] / totals["images"]).tolist()
     fileio.write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
+
+
+def _run_halving_on_oom(fn, batch_size: int, smallest: int = 8):
+  """`fn(batch_size)`, retried at half the batch while the accelerator runs out of memory (the
+  sampler holds [batch, tokens, codes] logits, twice with guidance: 2^16 codes at 256 tokens
+  are 17 GiB per 256 rows). Images already written are kept: the layout resumes."""
+  while True:
+    try:
+      return fn(batch_size)
+    except Exception as e:  # pylint: disable=broad-except  (XlaRuntimeError and friends)
+      if "RESOURCE_EXHAUSTED" not in str(e) or batch_size // 2 < smallest:
+        raise
+      batch_size //= 2
+      print(f"[ablate] out of accelerator memory: retrying at batch {batch_size}", flush=True)
+
+
+def _eval_argv(jobs: Sequence[dict], which: str, args) -> list[str]:
+  return [sys.executable, "-m", "mdd.experiments.ablate", "--eval_jobs", json.dumps(jobs),
+          "--eval_which", which, "--images_per_prompt", str(args.images_per_prompt),
+          "--eval_batch_size", str(args.eval_batch_size)]
 
 
 class Ablation:
@@ -237,27 +280,65 @@ class Ablation:
     self.save()
 
   def loss_study(self, variants: Sequence[str]):
-    jobs = []
+    every = self.args.geneval_every
+    jobs = {}
     for variant in variants:
       for seed in self.seeds:
         name = f"loss/{variant}_s{seed}"
         run_dir = os.path.join(self.workdir, name)
         _link_base(run_dir, self.base)
-        over = dict(self._config_overrides(), pipeline_stages="train,eval", seed=seed)
+        over = dict(self._config_overrides(), pipeline_stages="train" if every else "train,eval",
+                    seed=seed)
         over["denoiser_train.eval_every"] = self.args.eval_every
         over.update(LOSS_VARIANTS[variant])
-        jobs.append((name, _main_cmd(self.args.config, run_dir, over)))
-    self.runner.run_all(jobs, on_done=self._record_loss_run)
+        jobs[name] = (run_dir, over)
+    if not every:
+      self.runner.run_all([(n, _main_cmd(self.args.config, d, o)) for n, (d, o) in jobs.items()],
+                          on_done=self._record_loss_run)
+      return
+    # Score-vs-step curves: all runs train to the next multiple of `every` (the loop's stop_at
+    # pauses them there with a checkpoint), that checkpoint is scored, and so on to the end.
+    # Each segment's scores are recorded before the next one trains, so a run cut short keeps
+    # the points it reached; rerunning resumes at the first missing one.
+    final = int(load_config(self.args.config, self.overrides).denoiser_train.num_steps)
+    failed: set[str] = set()
+    for boundary in list(range(every, final, every)) + [final]:
+      stop = {"denoiser_train.stop_at": boundary if boundary < final else 0}
+      segment = [(name, _main_cmd(self.args.config, run_dir, dict(over, **stop)))
+                 for name, (run_dir, over) in jobs.items() if name not in failed]
+      for name, status in self.runner.run_all(segment).items():
+        if status:
+          failed.add(name)
+          self._record_loss_run(name, status)
+      evals = []
+      for name, (run_dir, _) in jobs.items():
+        if name not in failed:
+          spec = [{"run_dir": run_dir, "step": boundary,
+                   "out_dir": os.path.join(run_dir, "curve", f"step_{boundary}")}]
+          evals.append((name, _eval_argv(spec, "main", self.args)))
+      self.runner.run_all(evals, on_done=self._record_loss_run)
 
   def _record_loss_run(self, name: str, status: int):
     run_dir = os.path.join(self.workdir, name)
     variant, seed = name.split("/")[1].rsplit("_s", 1)
-    geneval = _read_json(os.path.join(run_dir, "eval", "shapes_geneval.json"), {})
-    self.results["runs"][name] = dict(
-        variant=variant, seed=int(seed), status=status,
-        final=_read_json(os.path.join(run_dir, "denoiser", "eval.json")),
-        curve=_curve(run_dir),
-        shapes_geneval={k: geneval.get(k) for k in ("overall", "tags", "num_images")})
+    row = dict(variant=variant, seed=int(seed), status=status,
+               final=_read_json(os.path.join(run_dir, "denoiser", "eval.json")),
+               curve=_curve(run_dir))
+    points = []
+    for path in glob.glob(os.path.join(run_dir, "curve", "step_*", "summary.json")):
+      summary = _read_json(path)
+      points.append({k: summary[k] for k in ("overall", "tags", "num_images")}
+                    | {"step": summary["denoiser_step"]})
+    if points:
+      row["geneval_curve"] = sorted(points, key=lambda p: p["step"])
+      final = row["geneval_curve"][-1]
+      row["shapes_geneval"] = {k: final[k] for k in ("overall", "tags", "num_images")}
+      trained_to = (row["final"] or {}).get("step")
+      row["status"] = status or (0 if final["step"] == trained_to else 1)
+    else:
+      geneval = _read_json(os.path.join(run_dir, "eval", "shapes_geneval.json"), {})
+      row["shapes_geneval"] = {k: geneval.get(k) for k in ("overall", "tags", "num_images")}
+    self.results["runs"][name] = row
     self.save()
 
   def default_loss_variant(self) -> str:
@@ -270,7 +351,7 @@ class Ablation:
     return "gce_soft_ce_mix"
 
   def sampler_study(self, study: str, variants: dict[str, dict[str, Any]], which: str = "main"):
-    if self.args.only and study != "heldout":
+    if self.args.only and not study.startswith("prompts_"):
       variants = {k: v for k, v in variants.items() if re.search(self.args.only, k)}
     model = self.default_loss_variant()
     evals = []   # (key, run_dir, name, seed, overrides, out_dir)
@@ -282,23 +363,18 @@ class Ablation:
         out_dir = os.path.join(self.workdir, "evals", study, name.replace("@", "_at"),
                                f"s{seed}")
         evals.append((f"{study}/{name}/s{seed}", run_dir, name, seed, over, out_dir))
-    # One process per (seed, chunk of settings): the model loads once per process, and there
-    # are about `parallel` processes in all.
-    chunks = max(1, self.runner.parallel // max(1, len(self.seeds)))
+    # One process per chunk of settings, over all seeds: each model loads once per process and
+    # each setting compiles once per process (the seeds' models share it).
+    chunks = max(1, min(self.runner.parallel, len(variants)))
+    names = list(variants)
     jobs, members = [], {}
-    for seed in self.seeds:
-      mine = [e for e in evals if e[3] == seed]
-      for c in range(chunks):
-        part = mine[c::chunks]
-        if not part:
-          continue
-        spec = [{"overrides": e[4], "out_dir": e[5]} for e in part]
-        argv = [sys.executable, "-m", "mdd.experiments.ablate", "--eval_run", part[0][1],
-                "--eval_jobs", json.dumps(spec), "--eval_which", which,
-                "--images_per_prompt", str(self.args.images_per_prompt),
-                "--eval_batch_size", str(self.args.eval_batch_size)]
-        jobs.append((f"{study}/s{seed}_part{c}", argv))
-        members[f"{study}/s{seed}_part{c}"] = {e[0] for e in part}
+    for c in range(chunks):
+      part = [e for e in evals if e[2] in names[c::chunks]]
+      if not part:
+        continue
+      spec = [{"run_dir": e[1], "overrides": e[4], "out_dir": e[5]} for e in part]
+      jobs.append((f"{study}/part{c}", _eval_argv(spec, which, self.args)))
+      members[f"{study}/part{c}"] = {e[0] for e in part}
 
     def record(job_name, status):
       for key, _, name, seed, over, out_dir in evals:
@@ -314,16 +390,19 @@ class Ablation:
   def collect(self):
     """Rebuilds ablate.json from what is on disk (after a killed run); runs nothing."""
     for run_dir in sorted(glob.glob(os.path.join(self.workdir, "loss", "*_s*"))):
-      done = os.path.exists(os.path.join(run_dir, "eval", "shapes_geneval.json"))
+      done = (os.path.exists(os.path.join(run_dir, "eval", "shapes_geneval.json"))
+              or glob.glob(os.path.join(run_dir, "curve", "step_*", "summary.json")))
       self._record_loss_run("loss/" + os.path.basename(run_dir), 0 if done else 1)
-    known = dict(sampler_variants(), **policy_variants())
+    known = dict(sampler_variants(), **policy_variants(), config={},
+                 config_no_edit=dict(NO_EDIT))
     for path in sorted(glob.glob(os.path.join(self.workdir, "evals", "*", "*", "s*",
                                               "summary.json"))):
       study, variant, seed = path.split(os.sep)[-4:-1]
       name = variant.replace("_at", "@")
       self.results["evals"][f"{study}/{name}/{seed}"] = dict(
           study=study, variant=name, seed=int(seed[1:]), overrides=known.get(name, {}),
-          which="heldout" if study == "heldout" else "main", summary=_read_json(path),
+          which=study[len("prompts_"):] if study.startswith("prompts_") else "main",
+          summary=_read_json(path),
           status=0)
     self.save()
 
@@ -359,7 +438,9 @@ class Ablation:
     if "heldout" in studies:
       name, over = self.best_setting()
       self.results["heldout_setting"] = name
-      self.sampler_study("heldout", {name: over}, which="heldout")
+      settings = {"config": {}, "config_no_edit": dict(NO_EDIT), name: over}
+      for prompt_set in PROMPT_SET_STUDY:
+        self.sampler_study(f"prompts_{prompt_set}", settings, which=prompt_set)
     print(f"[ablate] results: {self.results_path}", flush=True)
 
 
@@ -420,6 +501,9 @@ def main(argv: Sequence[str] | None = None):
   parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
   parser.add_argument("--gpus", type=int, default=0, help="GPUs to spread runs over (0 = none)")
   parser.add_argument("--eval_every", type=int, default=100)
+  parser.add_argument("--geneval_every", type=int, default=0,
+                      help="loss study: ShapeGenEval of the checkpoint every N steps (0 = final "
+                           "model only)")
   parser.add_argument("--only", default="", help="regex: sampler/policy settings to run")
   parser.add_argument("--images_per_prompt", type=int, default=1)
   parser.add_argument("--eval_batch_size", type=int, default=128)
@@ -429,14 +513,13 @@ def main(argv: Sequence[str] | None = None):
   parser.add_argument("--collect", action="store_true",
                       help="rebuild DIR/ablate.json from the runs on disk, run nothing")
   parser.add_argument("--out", default="docs/results.md")
-  # One evaluation (what the sampler studies spawn).
-  parser.add_argument("--eval_run", help=argparse.SUPPRESS)
-  parser.add_argument("--eval_jobs", default="[]", help=argparse.SUPPRESS)
+  # One evaluation process (what the studies spawn).
+  parser.add_argument("--eval_jobs", default="", help=argparse.SUPPRESS)
   parser.add_argument("--eval_which", default="main", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
-  if args.eval_run:
-    eval_many(args.eval_run, json.loads(args.eval_jobs), args.eval_which,
-              args.images_per_prompt, args.eval_batch_size)
+  if args.eval_jobs:
+    eval_many(json.loads(args.eval_jobs), args.eval_which, args.images_per_prompt,
+              args.eval_batch_size)
     return
   if args.report:
     from mdd.experiments import report  # pylint: disable=import-outside-toplevel

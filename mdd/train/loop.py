@@ -48,9 +48,17 @@ class Task:
 class Preempted(SystemExit):
   """Training stopped on SIGTERM after saving a checkpoint; exits with status 143 (128 + 15)."""
 
-  def __init__(self, message: str):
-    super().__init__(143)
+  def __init__(self, message: str, code: int = 143):
+    super().__init__(code)
     self.message = message
+
+
+class Paused(Preempted):
+  """Training stopped at the loop's `stop_at` step after saving a checkpoint; exits with status
+  0 and, like a preemption, ends the pipeline there (the same command resumes)."""
+
+  def __init__(self, message: str):
+    super().__init__(message, code=0)
 
 
 @contextlib.contextmanager
@@ -197,8 +205,10 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
   """Trains `task` to `task.num_steps`, resuming from DIR/<name>/checkpoints if present.
 
   loop_cfg fields: log_every, ckpt_every, summary_every (0 = off), keep_checkpoints,
-  eval_every (0 = only at the end). Returns the final state. SIGTERM (a scheduler's
-  preemption, `timeout`) saves a checkpoint after the current step and raises `Preempted`.
+  eval_every (0 = only at the end), stop_at (0 = off: else this invocation ends after that
+  step, with a checkpoint, and raises `Paused`; the schedules still run to `num_steps`).
+  Returns the final state. SIGTERM (a scheduler's preemption, `timeout`) saves a checkpoint
+  after the current step and raises `Preempted`.
   """
   out_dir = os.path.join(workdir, task.name)
   is_main = jax.process_index() == 0
@@ -229,6 +239,14 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
     raise ValueError(f"{task.name}: nonfinite={nonfinite_policy!r}: must be one of "
                      f"{NONFINITE_POLICIES}")
   total = task.num_steps
+  stop_at = int(loop_cfg.get("stop_at", 0) or 0)
+  if stop_at < 0:
+    raise ValueError(f"{task.name}: stop_at={stop_at} must be >= 0 (0 = off)")
+  if 0 < stop_at < total and start_step >= stop_at:
+    manager.close()
+    writer.close()
+    raise Paused(f"{task.name}: already at step {start_step} >= stop_at={stop_at}; nothing to "
+                 "train in this invocation")
 
   if start_step >= total:
     logging.info("%s: already trained to step %d", task.name, start_step)
@@ -249,7 +267,9 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
       pending.append(step_metrics)
       steps_since += 1
       done = step + 1
-      preempted = sigterm.is_set() or (multi_process and manager.reached_preemption(done))
+      paused = done == stop_at and done < total
+      preempted = (sigterm.is_set() or (multi_process and manager.reached_preemption(done))
+                   or paused)
       save = done % ckpt_every == 0 or done == total or preempted
       if done % log_every == 0 or done == total or save:
         # Before a save too: a checkpoint is written only after its steps were seen finite.
@@ -318,8 +338,9 @@ def train(task: Task, loop_cfg, workdir: str, mesh: Mesh, rules, seed: int = 0):
   writer.close()
   manager.close()
   if preempted:
-    message = (f"{task.name}: stopped by SIGTERM after step {done}; its checkpoint is saved, "
-               "the same command resumes from it")
+    why = f"paused at stop_at={stop_at}" if done == stop_at else "stopped by SIGTERM"
+    message = (f"{task.name}: {why} after step {done}; its checkpoint is saved, the same "
+               "command resumes from it")
     print(f"mdd: {message}", file=sys.stderr, flush=True)
-    raise Preempted(message)
+    raise (Paused if done == stop_at else Preempted)(message)
   return state

@@ -13,7 +13,9 @@
 
 The prompt set (GenEval's six tags and phrasing over `palette.SHAPES` x `palette.COLOR_NAMES`,
 in GenEval's `evaluation_metadata.jsonl` schema: `main`, 504 prompts that avoid every held-out
-pair/relation of ShapeGen, and `heldout`, 120 prompts made only of them) is `mdd.data.prompts`;
+pair/relation of ShapeGen; `heldout`, 120 prompts made only of them; `reworded`, `main` in other
+training-caption wording; `color_attr_new`, colour-attribute combinations `main` does not use)
+is `mdd.data.prompts`;
 `PROMPT_SETS`, `load_prompts` and `read_metadata_file` are re-exported here.
 
 CLI (results in DIR/eval/shapes_geneval.json for the model, shapes_geneval_<generator>.json

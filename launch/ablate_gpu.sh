@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The paper's claims on the GPU config (configs/shapes_gpu.py, 64 px) on one GPU host, in
+# time-limited pieces: every piece stops by SIGTERM before LIMIT seconds (the trainings save a
+# checkpoint) and the same command resumes it, on the same machine, where it stopped.
+#
+#   bash launch/ablate_gpu.sh loss LIMIT      # CE vs GCE (+ce_mix), 2 training seeds,
+#                                             # ShapeGenEval every GENEVAL_EVERY steps
+#   bash launch/ablate_gpu.sh sampler LIMIT   # the GCE models: edits off / on / ReMDM at 4-64
+#                                             # sampler steps, then the held-out prompts
+#
+# Environment: VOCAB (16 = 2^16 codes; 18), STEPS (denoiser steps), GENEVAL_EVERY, SEEDS,
+# PARALLEL (runs side by side), GPUS, WD (the ablation's workdir), OUT (where ablate.json and
+# the scored layouts are copied when the piece ends).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+phase="${1:?usage: $0 loss|sampler LIMIT}"
+limit="${2:?usage: $0 loss|sampler LIMIT}"
+VOCAB="${VOCAB:-16}" STEPS="${STEPS:-3000}" GENEVAL_EVERY="${GENEVAL_EVERY:-1000}"
+SEEDS="${SEEDS:-0,1}" PARALLEL="${PARALLEL:-4}" GPUS="${GPUS:-1}"
+WD="${WD:-workdirs/ablate_gpu_v${VOCAB}}" OUT="${OUT:-$WD/out}"
+export PYTHONUNBUFFERED=1
+args=(--config="configs/shapes_gpu.py:vocab=${VOCAB}" --workdir="$WD" --seeds="$SEEDS"
+      --parallel="$PARALLEL" --gpus="$GPUS" --eval_every=500 --images_per_prompt=1
+      --eval_batch_size="${EVAL_BATCH:-64}" --set "denoiser_train.num_steps=${STEPS}")
+case "$phase" in
+  loss)
+    # timeout signals the whole process group: the ablation and every training under it.
+    timeout -s TERM -k 30 "$limit" python -m mdd.experiments.ablate "${args[@]}" \
+        --studies=loss --loss_variants=ce,gce_soft_ce_mix --geneval_every="$GENEVAL_EVERY"
+    ;;
+  sampler)
+    timeout -s TERM -k 30 "$limit" python -m mdd.experiments.ablate "${args[@]}" \
+        --studies=sampler,heldout --only='^(no_edit|edit_t0.5)@|^remdm@(8|32)$'
+    ;;
+  *) echo "usage: $0 loss|sampler LIMIT" >&2; exit 2 ;;
+esac
+status=$?
+python -m mdd.experiments.ablate "${args[@]}" --collect
+mkdir -p "$OUT"
+cp "$WD/ablate.json" "$OUT/ablate.json"
+# The scored images (small PNGs) for the scorer's agreement checks, and the training logs.
+(cd "$WD" && find . -path '*/curve/*' -name '*.png' -o -path './evals/*' -name '*.png' \
+    -o -name 'metadata.jsonl' -o -name 'summary.json' | tar -czf "$OUT/layouts.tgz" -T - ) || true
+tar -czf "$OUT/logs.tgz" -C "$WD" logs 2>/dev/null || true
+grep -h "steps/s\|step " "$WD"/logs/loss_*.log 2>/dev/null | tail -8
+echo "piece '$phase' exit $status"
+exit 0

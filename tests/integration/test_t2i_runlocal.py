@@ -1,13 +1,20 @@
-"""The real-data config's `runlocal` arg runs every stage through the launcher (on ShapeGen)."""
+"""The real-data config's `runlocal` arg runs every stage through the launcher (on ShapeGen).
+
+Slow (about 3 minutes): CI runs the same config and stages on real image-text records in
+`test_arrayrecord_t2i.py`; this one adds the ShapeGen source and ShapeGenEval (`-m slow`).
+"""
 
 import json
 import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.mark.slow
 def test_t2i_runlocal_runs_every_stage(tmp_path):
   workdir = str(tmp_path / "t2i")
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")

@@ -18,8 +18,12 @@ half (for measuring it, once per final design) by `split_of`: within each (tag, 
 images sorted by crc32 of "run/source" alternate dev, test, dev, ... So each half holds every tag
 with both labels, and an image's half depends only on its own path and label, never on a score.
 
-  python -m mdd.eval.shapes_geneval --agreement [--split=dev|test|all] [--agreement_fixture=PATH]
-      [--out=FILE.json] [--list_disagreements]
+A second fixture, `tests/fixtures/shapes_geneval_agreement_fresh.{npz,jsonl}`, selected with
+`--agreement_fixture=fresh`, holds images of another training run, labelled blind after the scorer
+was designed. It has no dev half: it is scored whole (`--split=all`).
+
+  python -m mdd.eval.shapes_geneval --agreement [--split=dev|test|all]
+      [--agreement_fixture=default|fresh|PATH] [--out=FILE.json] [--list_disagreements]
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ from mdd.utils import fileio
 _REPO = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 DEFAULT_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement")
+FRESH_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement_fresh")
+# Names `--agreement_fixture` accepts besides a path. The fresh fixture never served design, so
+# splitting it into dev and test halves would mean nothing: it only takes --split=all.
+FIXTURES = {"default": DEFAULT_FIXTURE, "fresh": FRESH_FIXTURE}
+UNSPLIT_FIXTURES = (FRESH_FIXTURE,)
 LABELS = ("correct", "incorrect")
 SPLITS = ("dev", "test", "all")
 
@@ -211,8 +220,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
       description="ShapeGenEval's agreement with labels given by eye (mdd/eval/shapes_geneval/"
                   "AGREEMENT.md).")
   parser.add_argument("--agreement_fixture", default=DEFAULT_FIXTURE,
-                      help="fixture path without extension (PATH.npz + PATH.jsonl); "
-                           "default: the repository's tests/fixtures/shapes_geneval_agreement")
+                      help="'default', 'fresh' (tests/fixtures/shapes_geneval_agreement_fresh, "
+                           "scored with --split=all) or a fixture path without extension "
+                           "(PATH.npz + PATH.jsonl); default: the repository's "
+                           "tests/fixtures/shapes_geneval_agreement")
   parser.add_argument("--split", default="all", choices=SPLITS,
                       help="dev: the half to design and tune on; test: the held-out half; "
                            "all: both (see split_of)")
@@ -220,8 +231,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
   parser.add_argument("--list_disagreements", action="store_true",
                       help="print each image where the scorer and the label differ")
   args = parser.parse_args(argv)
-  images, records = select_split(*load_fixture(args.agreement_fixture), args.split)
-  prefix = os.path.abspath(_fixture_prefix(args.agreement_fixture))
+  path = FIXTURES.get(args.agreement_fixture, args.agreement_fixture)
+  prefix = os.path.abspath(_fixture_prefix(path))
+  if prefix in UNSPLIT_FIXTURES and args.split != "all":
+    parser.error(f"{prefix} has no dev/test halves (it was labelled after the scorer was "
+                 "designed); use --split=all")
+  images, records = select_split(*load_fixture(path), args.split)
   # Recorded relative to the repository when it lies inside it, so results do not name a machine.
   fixture = os.path.relpath(prefix, _REPO) if prefix.startswith(_REPO + os.sep) else prefix
   result = evaluate_agreement(images, records, fixture=fixture, split=args.split)

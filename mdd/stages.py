@@ -35,9 +35,10 @@ SECTIONS = {
     "pretokenize": ("data", "tokenizer"),
     "train": ("mesh", "data", "denoiser", "text", "masking", "loss", "denoiser_train",
               "sampler"),
-    "sample": ("data", "denoiser", "text", "masking", "loss", "denoiser_train", "sampler",
-               "sample", "eval"),
-    "eval": ("data", "denoiser", "text", "masking", "loss", "denoiser_train", "sampler", "eval"),
+    "sample": ("mesh", "data", "denoiser", "text", "masking", "loss", "denoiser_train",
+               "sampler", "sample", "eval"),
+    "eval": ("mesh", "data", "denoiser", "text", "masking", "loss", "denoiser_train", "sampler",
+             "eval"),
     "plan": ("mesh", "data", "tokenizer", "denoiser", "text", "masking", "loss", "denoiser_train",
              "plan"),
 }

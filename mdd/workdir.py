@@ -47,6 +47,7 @@ from mdd.models import tokenizer as tokenizer_lib
 from mdd.objectives import neighbours as neighbours_lib
 from mdd.utils import checkpoints
 from mdd.utils import fileio
+from mdd.utils import sharding as sharding_lib
 
 TOKENIZER = "tokenizer"
 DENOISER = "denoiser"
@@ -205,16 +206,22 @@ class Workdir:
                                          neighbour_weights=table.weights)
 
   def load_denoiser_params(self, system: system_lib.DenoiserSystem, config,
-                           sharding=None, step: int | None = None) -> tuple[Any, int]:
+                           sharding=None, step: int | None = None, *,
+                           mesh: jax.sharding.Mesh | None = None) -> tuple[Any, int]:
     """(unboxed parameters, step) of the latest denoiser checkpoint (or of `step`): only the EMA
-    copy when the run kept one, else the raw parameters; placed by `sharding` (default: one
-    device)."""
+    copy when the run kept one, else the raw parameters. Placed on `mesh` in the shardings the
+    train loop gives them there (the logical rules of `config`), each device reading only its
+    shards; else every array by `sharding` (default: one device)."""
     abstract = jax.eval_shape(system.init_params, jax.random.key(0))
+    if mesh is not None:
+      rules = sharding_lib.rules_from_config(config)
+      target = sharding_lib.abstract_on_mesh(abstract, mesh, rules)
+    else:
+      target = checkpoints.on_device(abstract, sharding)
     key = _eval_params_key(config)
     try:
       restored, step = checkpoints.restore_subtrees(
-          self.checkpoints_dir(DENOISER), {key: checkpoints.on_device(abstract, sharding)},
-          name=DENOISER, step=step)
+          self.checkpoints_dir(DENOISER), {key: target}, name=DENOISER, step=step)
     except FileNotFoundError as e:
       if step is not None:
         raise
@@ -316,9 +323,20 @@ def _eval_params_key(config) -> str:
 
 
 def _check_finite(params, what: str):
-  """Refuses weights with NaN or Inf: they would sample blank or garbage images silently."""
-  bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-         if jnp.issubdtype(leaf.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(leaf)))]
+  """Refuses weights with NaN or Inf: they would sample blank or garbage images silently. One
+  jitted reduction over every floating array (on a mesh too, where each device checks its
+  shards)."""
+  named = [(jax.tree_util.keystr(path), leaf)
+           for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+           if jnp.issubdtype(leaf.dtype, jnp.floating)]
+  if not named:
+    return
+  first = getattr(named[0][1], "sharding", None)
+  replicated = (jax.sharding.NamedSharding(first.mesh, jax.sharding.PartitionSpec())
+                if isinstance(first, jax.sharding.NamedSharding) else None)
+  finite = jax.jit(lambda leaves: jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]),
+                   out_shardings=replicated)([leaf for _, leaf in named])
+  bad = [name for (name, _), ok in zip(named, np.asarray(finite)) if not ok]
   if bad:
     raise ValueError(f"{what} has non-finite weights ({len(bad)} arrays, e.g. {bad[0]}); train "
                      "again from an earlier checkpoint or a fresh --workdir")

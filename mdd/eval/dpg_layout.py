@@ -5,6 +5,8 @@ DPG-Bench ships its prompts as `prompts/<name>.txt` (one prompt per file) and sc
 into tiles of the generation resolution. Sample j of the i-th prompt file (sorted by name) uses
 seed `seed + 4 * i + j`. The prompt folder and OUT may be local or URLs (`gs://`, through
 `mdd.utils.fileio`); each grid is written whole, so a rerun skips exactly the finished ones.
+With several processes, process 0 reads the prompts and lists the finished grids for all of
+them (the same batches everywhere) and alone writes (see `geneval_layout`).
 """
 
 from __future__ import annotations
@@ -62,14 +64,25 @@ def generate_grids(generate_fn: GenerateFn, prompts_dir: str, outdir: str,
   """Writes `outdir/<name>.png` for every prompt file; skips grids already written."""
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  prompts = read_prompt_files(prompts_dir)
-  fileio.makedirs(outdir)
-  done = set(fileio.listdir(outdir))
+  from mdd.utils import sharding  # pylint: disable=g-import-not-at-top  (JAX: only to generate)
+
+  def plan():
+    prompts = read_prompt_files(prompts_dir)
+    fileio.makedirs(outdir)
+    done = set(fileio.listdir(outdir))
+    return prompts, [i for i, (name, _) in enumerate(prompts) if f"{name}.png" not in done]
+
+  prompts, todo = sharding.on_main_process(plan)
   paths = [os.path.join(outdir, f"{name}.png") for name, _ in prompts]
-  todo = [i for i, path in enumerate(paths) if os.path.basename(path) not in done]
+
+  def on_complete(i, images):
+    if sharding.is_main_process():
+      geneval_layout.write_png(paths[i], make_grid(images))
+
   geneval_layout.generate_per_prompt(
       generate_fn, [text for _, text in prompts], todo, SAMPLES_PER_PROMPT, batch_size, seed,
-      lambda i, images: geneval_layout.write_png(paths[i], make_grid(images)), "DPG-Bench")
+      on_complete, "DPG-Bench")
+  sharding.sync_processes(f"grids written: {outdir}")
   return paths
 
 

@@ -10,6 +10,8 @@
   (e.g. the VQ tokenizer's encoder) for offline runs; it is NOT FID and must not be reported
   as FID.
 * Files (images, statistics, results) may be local or URLs (`gs://`): `mdd.utils.fileio`.
+* `evaluate` (the eval stage's `fid`): with several processes all generate, process 0 alone
+  computes the features and writes `fid.json`.
 
 CLI:
   python -m mdd.eval.fid --weights pt_inception-2015-12-05-6726825d.pth \
@@ -248,17 +250,24 @@ def evaluate(generator, section, workdir: str) -> dict:
   n = int(section.num_samples)
   data_cfg = generator.config.data
   prompts = captions_lib.prompts_for(data_cfg, n)
+  # Every process generates (a collective) and receives every image; process 0 alone runs
+  # the Inception network, writes fid.json and hands the result to the others.
   images = generator.generate_fn(batch_size)(prompts, list(range(n)))
-  feature_fn = inception_feature_fn(section.weights, batch_size)
-  batches = (images[i:i + batch_size] for i in range(0, n, batch_size))
-  mu, sigma = compute_statistics(features_of(batches, feature_fn))
-  if section.ref_stats == "dataset":
-    reference = captions_lib.validation_image_batches(data_cfg, n, batch_size=batch_size)
-    ref_mu, ref_sigma = compute_statistics(features_of(reference, feature_fn, "reference"))
-  else:
-    ref_mu, ref_sigma = load_statistics(section.ref_stats)
-  value = frechet_distance(mu, sigma, ref_mu, ref_sigma)
-  result = {"fid": float(value), "num_images": int(len(images))}
-  fileio.write_json_atomic(os.path.join(workdir, "eval", "fid.json"), result)
-  print(f"FID {value:.3f} over {len(images)} images", flush=True)
-  return result
+
+  def score_and_write():
+    feature_fn = inception_feature_fn(section.weights, batch_size)
+    batches = (images[i:i + batch_size] for i in range(0, n, batch_size))
+    mu, sigma = compute_statistics(features_of(batches, feature_fn))
+    if section.ref_stats == "dataset":
+      reference = captions_lib.validation_image_batches(data_cfg, n, batch_size=batch_size)
+      ref_mu, ref_sigma = compute_statistics(features_of(reference, feature_fn, "reference"))
+    else:
+      ref_mu, ref_sigma = load_statistics(section.ref_stats)
+    result = {"fid": float(frechet_distance(mu, sigma, ref_mu, ref_sigma)),
+              "num_images": int(len(images))}
+    fileio.write_json_atomic(os.path.join(workdir, "eval", "fid.json"), result)
+    print(f"FID {result['fid']:.3f} over {len(images)} images", flush=True)
+    return result
+
+  from mdd.utils import sharding  # pylint: disable=g-import-not-at-top
+  return sharding.on_main_process(score_and_write)

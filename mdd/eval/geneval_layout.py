@@ -15,6 +15,11 @@ fingerprint is cleared and regenerated instead of resumed.
 
 OUT may be local or a URL (`gs://`): files go through `mdd.utils.fileio`, each written whole
 (a sample that exists is complete, so resuming never keeps a half-written PNG).
+
+In a job of several processes every process calls `generate_layout` (the `generate_fn` of a
+`Generator` is a collective): process 0 alone checks the fingerprint, finds the complete prompt
+folders and hands that list to the others, so all of them generate the same batches; it alone
+writes, and all leave together once its files are complete.
 """
 
 from __future__ import annotations
@@ -100,12 +105,22 @@ def generate_layout(generate_fn: GenerateFn, metadata: Sequence[dict], outdir: s
   for i, entry in enumerate(metadata):
     if "prompt" not in entry:
       raise ValueError(f"metadata line {i} has no 'prompt': {entry!r}")
-  _check_fingerprint(outdir, getattr(generate_fn, "fingerprint", None))
-  done = _complete_prompts(outdir, len(metadata), images_per_prompt)
+  from mdd.utils import sharding  # pylint: disable=g-import-not-at-top  (JAX: only to generate)
+
+  def complete_prompts():
+    _check_fingerprint(outdir, getattr(generate_fn, "fingerprint", None))
+    return sorted(_complete_prompts(outdir, len(metadata), images_per_prompt))
+
+  done = set(sharding.on_main_process(complete_prompts))
   todo = [i for i in range(len(metadata)) if i not in done]
+
+  def on_complete(i, images):
+    if sharding.is_main_process():
+      write_prompt(outdir, i, metadata[i], images)
+
   generate_per_prompt(generate_fn, [m["prompt"] for m in metadata], todo, images_per_prompt,
-                      batch_size, seed,
-                      lambda i, images: write_prompt(outdir, i, metadata[i], images), desc)
+                      batch_size, seed, on_complete, desc)
+  sharding.sync_processes(f"layout written: {outdir}")
   return outdir
 
 
@@ -137,9 +152,11 @@ def generate_per_prompt(generate_fn: GenerateFn, prompts: Sequence[str], todo: S
   soon as all samples of prompt i are in.
   """
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  from mdd.utils import sharding  # pylint: disable=g-import-not-at-top
   jobs = [(i, j) for i in todo for j in range(images_per_prompt)]
   pending: dict[int, list] = {}
-  with tqdm(total=len(jobs), desc=desc, unit="img", leave=False) as progress:
+  with tqdm(total=len(jobs), desc=desc, unit="img", leave=False,
+            disable=not sharding.is_main_process()) as progress:
     for start in range(0, len(jobs), batch_size):
       chunk = jobs[start:start + batch_size]
       images = np.asarray(generate_fn([prompts[i] for i, _ in chunk],

@@ -2,6 +2,10 @@
 
 The names and what each needs are in `mdd.eval.registry.EVALS`; each evaluation writes its own
 results under DIR/eval/ and returns them.
+
+In a job of several processes every process runs this with the same config: the model is
+restored onto the train stage's mesh (`Generator.from_workdir`), all processes generate
+together, process 0 alone writes each file, and every process returns the same results.
 """
 
 from __future__ import annotations

@@ -6,6 +6,16 @@ token grids with `mdd.sampling.sampler.sample` and decodes them. The sample CLI,
 ablation scripts all generate through it, so they agree on what "the model's samples" are.
 Sample b uses `fold_in(key(config.seed), seeds[b])`: the same seed gives the same image whatever
 the batch it is generated in.
+
+On the mesh, across processes: the denoiser's parameters are restored straight into the
+shardings the train loop gives them on `config.mesh` (with `config.sharding_rules`), and the
+sampler runs under that mesh. Every process calls `generate` with the same prompts and seeds; a
+batch is a global array whose rows are split over the mesh's batch axes (data, fsdp), each
+process supplying (and text-encoding) only the rows its devices hold. The tokenizer lives on
+each process's first device: a process decodes its own rows, then every process receives all
+images (and tokens, trajectory, stats), so callers see the same result on every process and
+need not know how many there are. Who writes files is the caller's business (process 0: see
+`mdd.utils.sharding.on_main_process`).
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import numpy as np
 
 from mdd import sampling as sampler_lib
 from mdd import workdir as workdir_lib
+from mdd.utils import sharding
 
 
 # Rows per decoder call (see `Generator.decode`).
@@ -29,28 +40,39 @@ DECODE_CHUNK = 8
 
 @dataclasses.dataclass
 class Generator:
-  """A trained tokenizer + denoiser, ready to sample."""
+  """A trained tokenizer + denoiser, ready to sample on `mesh`."""
   config: ml_collections.ConfigDict
   tokenizer: workdir_lib.TrainedTokenizer
   system: Any
   params: Any
   grid_shape: tuple[int, int]
   step: int
+  mesh: jax.sharding.Mesh | None = None
+  rules: tuple = sharding.DEFAULT_RULES
+
+  def __post_init__(self):
+    if self.mesh is None:  # Parameters given directly: a mesh of this process's first device.
+      self.mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)),
+                                     jax.local_devices()[:1])
 
   @classmethod
   def from_workdir(cls, workdir: str, config=None, step: int | None = None) -> "Generator":
     """The trained tokenizer and denoiser (EMA) of `workdir`, with its run config unless
-    `config` is given; the latest denoiser checkpoint unless `step` names another."""
+    `config` is given; the latest denoiser checkpoint unless `step` names another. The
+    denoiser's parameters land in their training shardings on `config.mesh`, which must fit
+    this job's devices."""
     run = workdir_lib.Workdir(workdir)
     if config is None:
       config = run.load_run_config()
+    mesh = sampling_mesh(config)
     tokenizer = run.load_tokenizer()
     system = run.denoiser_system(config)
-    params, step = run.load_denoiser_params(system, config, step=step)
+    params, step = run.load_denoiser_params(system, config, step=step, mesh=mesh)
     height, width = workdir_lib.image_hw(config.data)
     f = tokenizer.downsample_factor
     return cls(config=config, tokenizer=tokenizer, system=system, params=params,
-               grid_shape=(height // f, width // f), step=step)
+               grid_shape=(height // f, width // f), step=step, mesh=mesh,
+               rules=sharding.rules_from_config(config))
 
   @property
   def mask_id(self) -> int:
@@ -87,34 +109,54 @@ class Generator:
 
     `pad_to` runs a batch of that many rows (the last row repeated) and returns the first
     `len(prompts)`: every call then has one shape and reuses one compiled sampler. Rows are
-    independent (each sample is decided by its seed), so padding changes no output.
+    independent (each sample is decided by its seed), so padding changes no output. The batch
+    is further padded to a multiple of the mesh's batch shards. With several processes every
+    process calls this with the same arguments and gets the same result.
+    Returns {"images" uint8 [B, H, W, 3] (unless `decode` is False), "tokens" [B, h, w],
+    "output": the `SampleOutput` of the B samples (NumPy arrays with several processes)}.
     """
     if len(prompts) != len(seeds):
       raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     n = len(prompts)
+    if n == 0:
+      raise ValueError("generate: no prompts")
     if pad_to is not None and pad_to < n:
       raise ValueError(f"pad_to={pad_to} is smaller than the batch of {n} prompts")
     cfg = sampler_cfg or self.sampler_config()
     if tokens is None:
-      tokens = jnp.full((n, *self.grid_shape), self.mask_id, jnp.int32)
+      tokens = np.full((n, *self.grid_shape), self.mask_id, np.int32)
+    tokens = np.asarray(tokens, np.int32)
     # The model runs on any grid (2-D RoPE): an outpainting canvas or another canvas size
     # gets the model function of its own grid.
-    logits_fn = _cached_logits_fn(self.system, self.config, tuple(np.shape(tokens)[1:]))
-    prompts, seeds = list(prompts), np.asarray(seeds)
-    tokens = jnp.asarray(tokens, jnp.int32)
-    extra = (pad_to or n) - n
-    if extra:
-      prompts = prompts + prompts[-1:] * extra
-      seeds, tokens = _repeat_last(seeds, extra), _repeat_last(tokens, extra)
-      if fixed is not None:
-        fixed = _repeat_last(jnp.asarray(fixed), extra)
-    context = self.system.sampling_context(self.params, prompts)
-    rng = jax.random.key(int(self.config.get("seed", 0)))
-    out = sampler_lib.sample(logits_fn, rng, tokens, cfg, context=context, fixed=fixed,
-                             sample_index=jnp.asarray(seeds, jnp.int32))
+    logits_fn = _cached_logits_fn(self.system, self.config, tuple(tokens.shape[1:]),
+                                  self.mesh, self.rules)
+    shards = sharding.batch_size_divisor(self.mesh)
+    rows = -(-(pad_to or n) // shards) * shards
+    extra = rows - n
+    prompts, seeds = list(prompts) + list(prompts[-1:]) * extra, np.asarray(seeds)
+    seeds, tokens = _repeat_last(seeds, extra), _repeat_last(tokens, extra)
+    if fixed is not None:
+      fixed = _repeat_last(np.asarray(fixed, bool), extra)
+    # This process's rows: it encodes their text and feeds them to its devices.
+    local = sharding.process_rows(self.mesh, rows)
+    place = lambda host: sharding.rows_to_global(self.mesh, host[local], local, rows)  # noqa: E731
+    text = {k: sharding.rows_to_global(self.mesh, v, local, rows)
+            for k, v in self.system.host_text_batch([prompts[i] for i in local]).items()}
+    key = jax.random.key_data(jax.random.key(int(self.config.get("seed", 0))))
+    rng = jax.random.wrap_key_data(sharding.replicated(self.mesh, key))  # The same everywhere.
+    context_fn = _cached_context_fn(self.system, self.config, self.mesh, self.rules)
+    with sharding.mesh_context(self.mesh, self.rules):
+      context = context_fn(self.params, text)
+      out = sampler_lib.sample(logits_fn, rng, place(tokens), cfg, context=context,
+                               fixed=None if fixed is None else place(fixed),
+                               sample_index=place(seeds.astype(np.int32)))
+    if jax.process_count() > 1:  # Every process: all rows, as NumPy (one: left on device).
+      out = sharding.to_host(out)
     result = {}
-    if decode:  # The padded batch too: one compiled decoder.
-      result["images"] = self.decode(out.tokens)[:n]
+    if decode:  # The padded rows too: every process decodes the same number of rows.
+      # In fixed chunks: the pixels one process decoding every row would get.
+      images = self.decode(np.asarray(out.tokens)[local])
+      result["images"] = sharding.gather_rows(self.mesh, images, local, rows)[:n]
     if extra:
       out = _first_rows(out, n)
     result.update(tokens=np.asarray(out.tokens), output=out)
@@ -143,22 +185,50 @@ class Generator:
             "sampler": json.loads(json.dumps(dataclasses.asdict(cfg), default=str))}
 
 
+def sampling_mesh(config) -> jax.sharding.Mesh:
+  """The train stage's mesh (`config.mesh`) over this job's devices; one line when it does not
+  fit them."""
+  try:
+    return sharding.make_mesh(config.mesh)
+  except ValueError as e:
+    raise ValueError(f"sampling runs on the train stage's mesh (config.mesh): {e}; set "
+                     "--config.mesh.* to fit this job") from None
+
+
 _LOGITS_FNS: dict = {}
+_CONTEXT_FNS: dict = {}
 
 
-def _cached_logits_fn(system, config, grid_shape):
-  # The sampler is jitted with logits_fn static: one function object per model function + grid,
-  # so repeated calls hit the compilation cache, also across Generators of the same run (the
-  # pipeline's sample and eval stages each restore one). The model function is fixed by the
-  # config sections `system_from_config` reads and the vocabulary; the neighbour table only
-  # enters the loss, and the parameters arrive through `context`.
+def _model_key(system, config) -> tuple:
+  """What fixes the model function: the config sections `system_from_config` reads and the
+  vocabulary (the neighbour table only enters the loss; the parameters arrive through the
+  sampler's `context`)."""
   sections = {k: config[k].to_dict() for k in ("denoiser", "text", "masking", "loss")
               if k in config}
-  key = (json.dumps(sections, sort_keys=True, default=str),
-         int(system.denoiser.vocab_size), tuple(grid_shape))
+  return json.dumps(sections, sort_keys=True, default=str), int(system.denoiser.vocab_size)
+
+
+def _cached_logits_fn(system, config, grid_shape, mesh, rules):
+  # The sampler is jitted with logits_fn static: one function object per model function + grid,
+  # so repeated calls hit the compilation cache, also across Generators of the same run (the
+  # pipeline's sample and eval stages each restore one). The mesh and the rules are in the key
+  # too: the activations' sharding constraints are traced from them.
+  key = (*_model_key(system, config), tuple(grid_shape), mesh, tuple(rules))
   if key not in _LOGITS_FNS:
     _LOGITS_FNS[key] = system.logits_fn(tuple(grid_shape))
   return _LOGITS_FNS[key]
+
+
+def _cached_context_fn(system, config, mesh, rules):
+  """jit(params, text batch -> the sampler's `context`): `system.sampling_context` for a text
+  batch that is already a global array split over the batch axes."""
+  key = (*_model_key(system, config), mesh, tuple(rules))
+  if key not in _CONTEXT_FNS:
+    def context_fn(params, batch):
+      text, text_mask = system.encode_text(params, batch)
+      return {"params": params, "text": text, "text_mask": text_mask}
+    _CONTEXT_FNS[key] = jax.jit(context_fn)
+  return _CONTEXT_FNS[key]
 
 
 def _repeat_last(x, extra: int):

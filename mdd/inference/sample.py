@@ -13,6 +13,11 @@ region regenerated for the prompt: `edit_box="top,left,bottom,right"` (pixels) o
 denoiser's 2-D RoPE takes any grid; quality away from the trained sizes is the model's).
 
 Inputs and outputs may be local or URLs (`gs://`): files go through `mdd.utils.fileio`.
+
+Several processes (one `jax.distributed` job) sample together on the train stage's mesh (see
+`mdd.inference.generator`): each runs the same batches and receives every image, process 0
+alone decides whether DIR/samples/ already holds these samples and writes every file of it,
+and the others wait for it at the end, so the stage ends with the folder complete.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from mdd.inference import generator as generation
 from mdd.sampling import editing
 from mdd.sampling import visualize
 from mdd.utils import fileio
+from mdd.utils import sharding
 
 
 def _prompts(sample_cfg, data_cfg) -> list[str]:
@@ -131,7 +137,8 @@ def _edit_setup(gen: generation.Generator, sample_cfg, count: int):
 
 def run(config, workdir: str):
   """Writes DIR/samples/: one PNG per sample, grid.png, trajectory.gif, done.json (what they
-  were drawn with; returns None without drawing when it matches)."""
+  were drawn with; returns None without drawing when it matches). Every process of a job calls
+  it and gets the images; process 0 writes the files."""
   sample_cfg = config.sample
   gen = generation.Generator.from_workdir(workdir, config)
   prompts = _prompts(sample_cfg, config.data)
@@ -145,16 +152,18 @@ def run(config, workdir: str):
   record = json.loads(json.dumps({**gen.fingerprint(gen.sampler_config()),
                                   "sample": sample_cfg.to_dict()}, default=str, sort_keys=True))
   done_path = os.path.join(out_dir, "done.json")
-  if fileio.read_json_record(done_path) == record:
-    print(f"sample: {out_dir} already holds these samples (denoiser step {gen.step}); "
-          f"delete {done_path} to draw them again", flush=True)
+  # Process 0 reads the record, every process follows its answer (same batches everywhere).
+  if sharding.on_main_process(lambda: fileio.read_json_record(done_path) == record):
+    if sharding.is_main_process():
+      print(f"sample: {out_dir} already holds these samples (denoiser step {gen.step}); "
+            f"delete {done_path} to draw them again", flush=True)
     return None
   setup = _edit_setup(gen, sample_cfg, len(all_prompts))
   grid = canvas_grid(gen, sample_cfg)
-  fileio.makedirs(out_dir)
 
   images, first = [], None
-  for start in tqdm(range(0, len(all_prompts), batch_size), desc="sampling", unit="batch"):
+  for start in tqdm(range(0, len(all_prompts), batch_size), desc="sampling", unit="batch",
+                    disable=not sharding.is_main_process()):
     stop = min(start + batch_size, len(all_prompts))
     if setup is not None:
       kwargs = dict(tokens=setup.tokens[start:stop], fixed=setup.fixed[start:stop])
@@ -174,17 +183,29 @@ def run(config, workdir: str):
     if first is None:
       first = result
   images = np.concatenate(images)
-  # The visualize writers land each file whole, locally or remotely (fileio).
-  for i, (prompt, image) in enumerate(zip(all_prompts, images)):
+  if sharding.is_main_process():
+    _write_samples(out_dir, all_prompts, seeds, images, first["output"], setup, gen, sample_cfg)
+    fileio.write_json_atomic(done_path, record)
+    edits = np.asarray(first["output"].stats["num_edited"]).sum(axis=1).tolist()
+    print(f"sample: wrote {len(images)} images to {out_dir} (denoiser step {gen.step}); "
+          f"edits per step {edits}", flush=True)
+  sharding.sync_processes("samples written")
+  return images
+
+
+def _write_samples(out_dir: str, prompts: list[str], seeds: list[int], images: np.ndarray,
+                   out, setup, gen: generation.Generator, sample_cfg):
+  """The PNGs, grid.png, prompts.txt and trajectory.gif (of the first batch's `out`); each
+  lands whole, locally or remotely (the visualize writers go through fileio). Process 0 only:
+  decoding the trajectory runs on this process's device alone."""
+  fileio.makedirs(out_dir)
+  for i, (prompt, image) in enumerate(zip(prompts, images)):
     visualize.save_png(os.path.join(out_dir, f"{i:04d}_{_slug(prompt)}.png"), image)
   columns = int(np.ceil(np.sqrt(len(images))))
   visualize.save_image_grid(os.path.join(out_dir, "grid.png"), images, columns=columns)
   fileio.write_text_atomic(
       os.path.join(out_dir, "prompts.txt"),
-      "\n".join(f"{i:04d}\t{s}\t{p}" for i, (s, p) in enumerate(zip(seeds, all_prompts))))
-
-  out = first["output"]
-  stats = out.stats
+      "\n".join(f"{i:04d}\t{s}\t{p}" for i, (s, p) in enumerate(zip(seeds, prompts))))
   gif_n = min(int(sample_cfg.get("gif_samples", 8)), out.tokens.shape[0])
   if out.trajectory is not None and gif_n:
     trajectory = type(out.trajectory)(**{
@@ -193,11 +214,6 @@ def run(config, workdir: str):
     visualize.save_trajectory_gif(os.path.join(out_dir, "trajectory.gif"), trajectory,
                                   gen.decode, gen.mask_id, initial_tokens=initial,
                                   scale=int(sample_cfg.get("gif_scale", 4)))
-  edits = np.asarray(stats["num_edited"]).sum(axis=1).tolist()
-  fileio.write_json_atomic(done_path, record)
-  print(f"sample: wrote {len(images)} images to {out_dir} (denoiser step {gen.step}); "
-        f"edits per step {edits}", flush=True)
-  return images
 
 
 def jax_tree_slice(setup: editing.EditSetup, start: int, stop: int) -> editing.EditSetup:

@@ -4,13 +4,20 @@ Weights carry logical axis names (`embed, mlp, heads, kv, vocab, conv_in, conv_o
 activations their own (`act_batch, act_len, act_embed, act_heads, act_vocab`). The config maps
 them to the mesh axes (`data, fsdp, tensor`), so the same model code runs on 1 CPU, 8 fake CPU
 devices, one GPU or a TPU pod; only the mesh and the rules change.
+
+Processes (a `jax.distributed` job): `abstract_on_mesh` places a model's abstract parameters in
+their training shardings (a checkpoint restores straight into them); `process_rows`,
+`rows_to_global`, `gather_rows` and `to_host` move the rows of a batch between this process and
+global arrays split over the batch axes; `is_main_process`, `sync_processes` and
+`on_main_process` give a job one writer: process 0 decides and writes, the others wait for it
+or receive its result.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-
+import json
 import math
 from typing import Any, Callable, Sequence
 
@@ -18,6 +25,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -223,3 +231,113 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
     else:
       out[name] = jax.make_array_from_process_local_data(sharding, value)
   return out
+
+
+def abstract_on_mesh(abstract, mesh: Mesh, rules: Rules):
+  """`abstract` (an `eval_shape` tree, leaves boxed with logical names or not) as
+  `ShapeDtypeStruct`s carrying the shardings `logical_to_shardings` gives them: what the train
+  loop lays the same tree out with, for restoring a checkpoint straight onto the mesh."""
+  shardings = logical_to_shardings(abstract, mesh, rules)
+  # `shardings` is a prefix of `abstract` (a logical box collapses to one sharding).
+  return jax.tree.map(
+      lambda s, sub: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  sub),
+      shardings, abstract)
+
+
+# --------------------------------------------------------------------------------------------
+# Rows of a global batch and the processes that feed them.
+
+
+def process_rows(mesh: Mesh, num_rows: int) -> np.ndarray:
+  """The sorted global rows of a batch of `num_rows` (split over the batch axes) that this
+  process's devices hold; all of them with one process."""
+  indices = batch_sharding(mesh).addressable_devices_indices_map((num_rows,))
+  rows = set()
+  for index in indices.values():
+    rows.update(range(num_rows)[index[0]])
+  return np.asarray(sorted(rows), np.int64)
+
+
+def rows_to_global(mesh: Mesh, local_values, local_rows: np.ndarray, num_rows: int) -> jax.Array:
+  """A global array [num_rows, ...] split over the batch axes, of which this process supplies
+  `local_values[k]` = row `local_rows[k]` (`process_rows`)."""
+  local_values = np.asarray(local_values)
+  if len(local_values) != len(local_rows):
+    raise ValueError(f"{len(local_values)} local values for {len(local_rows)} local rows")
+  shape = (num_rows, *local_values.shape[1:])
+
+  def rows_of(index):
+    return local_values[np.searchsorted(local_rows, np.arange(num_rows)[index[0]])]
+
+  return jax.make_array_from_callback(shape, batch_sharding(mesh, len(shape)), rows_of)
+
+
+def replicated(mesh: Mesh, value) -> jax.Array:
+  """`value` (the same on every process) as a global array replicated over the mesh."""
+  value = np.asarray(value)
+  return jax.make_array_from_callback(value.shape, NamedSharding(mesh, P()),
+                                      lambda index: value[index])
+
+
+def to_host(tree):
+  """Every leaf of a tree of global arrays as a NumPy array of its whole value, on every
+  process (a collective with several processes: all of them call it)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def gather_rows(mesh: Mesh, local_values, local_rows: np.ndarray, num_rows: int) -> np.ndarray:
+  """All `num_rows` rows on every process, from each process's own rows (`process_rows`): the
+  inverse of splitting a batch over the processes."""
+  if jax.process_count() == 1:
+    return np.asarray(local_values)[np.argsort(local_rows)]
+  return to_host(rows_to_global(mesh, local_values, local_rows, num_rows))
+
+
+# --------------------------------------------------------------------------------------------
+# One writer: process 0 decides and writes, the others wait for it.
+
+
+def is_main_process() -> bool:
+  """Whether this process writes the job's files (process 0)."""
+  return jax.process_index() == 0
+
+
+def sync_processes(name: str) -> None:
+  """A barrier of every process of the job (nothing with one process): what process 0 wrote
+  before it is complete for whoever reads after it."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"mdd: {name}")
+
+
+def on_main_process(fn: Callable[[], Any]) -> Any:
+  """`fn()` run on process 0 only, its (JSON-able) result handed to every process: decisions
+  that read the file system (what a resumed layout still lacks) come out the same everywhere,
+  so every process runs the same collectives. `fn` itself must run no collective (the others
+  are not in it). An exception of `fn` is raised on every process (as ValueError elsewhere)
+  instead of leaving the others waiting."""
+  if jax.process_count() == 1:
+    return fn()
+  error, text = None, ""
+  if is_main_process():
+    try:
+      text = json.dumps({"value": fn()})
+    except Exception as e:  # pylint: disable=broad-except  (re-raised below, on every process)
+      error, text = e, json.dumps({"error": f"{type(e).__name__}: {e}"})
+  shared = json.loads(_broadcast_bytes(text.encode()).decode())
+  if error is not None:
+    raise error
+  if "error" in shared:
+    raise ValueError(f"process 0 failed: {shared['error']}")
+  return shared["value"]
+
+
+def _broadcast_bytes(data: bytes) -> bytes:
+  """Process 0's `data` on every process (two broadcasts: the length, then the bytes)."""
+  size = int(multihost_utils.broadcast_one_to_all(np.asarray([len(data)], np.int32))[0])
+  buffer = np.zeros(size, np.uint8)
+  if is_main_process():
+    buffer[:] = np.frombuffer(data, np.uint8)
+  return bytes(multihost_utils.broadcast_one_to_all(buffer))

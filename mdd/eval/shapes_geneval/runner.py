@@ -7,6 +7,8 @@ overall = unweighted mean of the tag scores. `load_generator` gives the referenc
 (ShapeGen renders, the same through the workdir's tokenizer) and the trained model; `evaluate` is
 the `shapes_geneval` entry of `mdd.eval.registry`; `main` is `python -m mdd.eval.shapes_geneval`.
 Layouts and workdirs may be local or URLs (`gs://`): files go through `mdd.utils.fileio`.
+In a job of several processes all of them generate, process 0 alone writes and scores (each
+file once) and hands the scores to the others (`mdd.utils.sharding.on_main_process`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 
 from mdd.data import palette
 from mdd.data import shapes
-from mdd.data.prompts import load_prompts
+from mdd.data.prompts import PROMPT_SETS, load_prompts
 from mdd.eval.shapes_geneval.detector import SCORER_VERSION, ScorerSettings
 from mdd.eval.shapes_geneval.rules import score_image
 from mdd.utils import fileio
@@ -163,35 +165,42 @@ def run(generate_fn: GenerateFn, workdir: str, images_per_prompt: int = 4,
         settings: ScorerSettings = ScorerSettings(), generator_name: str = "") -> dict:
   """Generates the prompt set(s) into GenEval layouts, scores them, writes the JSON.
 
-  `which`: "main", "heldout", or "all" (main at the top level, heldout under "heldout").
+  `which`: a prompt set of `mdd.data.prompts.PROMPT_SETS` (main, heldout, reworded,
+  color_attr_new) or "all" (main at the top level, every other set under its name).
   Layouts go to `workdir/eval/shapes_geneval/<set>/`; results to
   `workdir/eval/shapes_geneval.json`. `generate_fn(prompts, seeds) -> uint8 [B, H, W, 3]`.
   Reference generators (`generator_name` "groundtruth" / "reconstruction") write to
   `shapes_geneval_<name>/` and `shapes_geneval_<name>.json` instead, so measuring a ceiling in a
-  trained workdir keeps the model's layout and scores.
+  trained workdir keeps the model's layout and scores. With several processes every process
+  calls it and gets the result; process 0 writes the layouts, scores them and writes the JSON.
   """
   from mdd.eval import geneval_layout  # pylint: disable=g-import-not-at-top
-  if which not in ("main", "heldout", "all"):
-    raise ValueError(f"which must be 'main', 'heldout' or 'all', got {which!r}")
-  sets = ("main", "heldout") if which == "all" else (which,)
+  if which not in (*PROMPT_SETS, "all"):
+    raise ValueError(f"which must be one of {(*PROMPT_SETS, 'all')}, got {which!r}")
+  sets = PROMPT_SETS if which == "all" else (which,)
   eval_dir = os.path.join(workdir, "eval")
   name = _results_name(generator_name)
-  summaries = {}
-  for prompt_set in sets:
-    layout = os.path.join(eval_dir, name, prompt_set)
+  layouts = {prompt_set: os.path.join(eval_dir, name, prompt_set) for prompt_set in sets}
+  for prompt_set, layout in layouts.items():  # Every process (the generator is a collective).
     geneval_layout.generate_layout(generate_fn, load_prompts(prompt_set), layout,
                                    images_per_prompt=images_per_prompt, batch_size=batch_size,
                                    seed=seed, desc=f"ShapeGenEval {prompt_set}")
-    summaries[prompt_set] = score_layout(layout, settings)
-    summaries[prompt_set]["layout"] = os.path.relpath(layout, workdir)
-  result = dict(summaries[sets[0]], prompt_set=sets[0], images_per_prompt=images_per_prompt,
-                seed=seed, generator=generator_name)
-  if which == "all":
-    result["heldout"] = summaries["heldout"]
-    result["markdown"] += "\n\n" + markdown_table(summaries["heldout"],
-                                                  "ShapeGenEval heldout")
-  fileio.write_json_atomic(os.path.join(eval_dir, name + ".json"), result)
-  return result
+
+  def score_and_write():  # Process 0 scores and writes; every process gets its result.
+    summaries = {}
+    for prompt_set, layout in layouts.items():
+      summaries[prompt_set] = score_layout(layout, settings)
+      summaries[prompt_set]["layout"] = os.path.relpath(layout, workdir)
+    result = dict(summaries[sets[0]], prompt_set=sets[0], images_per_prompt=images_per_prompt,
+                  seed=seed, generator=generator_name)
+    for other in sets[1:]:
+      result[other] = summaries[other]
+      result["markdown"] += "\n\n" + markdown_table(summaries[other], f"ShapeGenEval {other}")
+    fileio.write_json_atomic(os.path.join(eval_dir, name + ".json"), result)
+    return result
+
+  from mdd.utils import sharding  # pylint: disable=g-import-not-at-top  (JAX: only to generate)
+  return sharding.on_main_process(score_and_write)
 
 
 def _results_name(generator_name: str) -> str:
@@ -213,8 +222,10 @@ def evaluate(generator, section, workdir: str) -> dict:
   """The `shapes_geneval` entry of `mdd.eval.registry`: the trained model's samples scored."""
   result = run_from_config(generator.generate_fn(int(section.batch_size)), workdir, section)
   tags = " ".join(f"{k}={v:.3f}" for k, v in sorted(result["tags"].items()))
-  print(f"ShapeGenEval overall={result['overall']:.3f} ({result['num_images']} images) {tags}",
-        flush=True)
+  from mdd.utils import sharding  # pylint: disable=g-import-not-at-top
+  if sharding.is_main_process():
+    print(f"ShapeGenEval overall={result['overall']:.3f} ({result['num_images']} images) {tags}",
+          flush=True)
   return result
 
 
@@ -229,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help="score this existing GenEval layout instead of generating")
   parser.add_argument("--generator", default="model",
                       choices=("model", "groundtruth", "reconstruction"))
-  parser.add_argument("--which", default="main", choices=("main", "heldout", "all"))
+  parser.add_argument("--which", default="main", choices=(*PROMPT_SETS, "all"))
   parser.add_argument("--images_per_prompt", type=int, default=4)
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--seed", type=int, default=0)
@@ -244,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     fileio.write_json_atomic(os.path.join(args.workdir, "eval", _results_name("layout") + ".json"),
                              result)
   else:
-    prompts = load_prompts("main") + load_prompts("heldout")
+    prompts = [entry for name in PROMPT_SETS for entry in load_prompts(name)]
     try:
       generate_fn = load_generator(args.generator, args.workdir, prompts, args.resolution)
     except (ValueError, FileNotFoundError) as e:

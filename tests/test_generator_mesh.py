@@ -1,0 +1,58 @@
+"""mdd.inference.generator on the mesh: the denoiser's parameters restored straight into the
+shardings the train loop gives them (the EMA copy), and a mesh that does not fit the devices
+refused in one line."""
+
+import os
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# pylint: disable=wrong-import-position
+import sampling_fixtures  # noqa: E402
+from mdd.inference import generator as generation  # noqa: E402
+from mdd.train import denoiser as denoiser_train  # noqa: E402
+from mdd.train import loop  # noqa: E402
+from mdd.utils import sharding  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  config = sampling_fixtures.tiny_config(data=2, fsdp=2, tensor=2)
+  return config, sampling_fixtures.make_workdir(tmp_path_factory.mktemp("run"), config)
+
+
+def test_params_land_in_their_training_shardings(run):
+  config, workdir = run
+  gen = generation.Generator.from_workdir(workdir)  # the run's config: its mesh
+  assert dict(gen.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  # The train loop's layout of the same state on the same mesh.
+  task = denoiser_train.make_task(config, gen.system, lambda step: iter(()))
+  target, _ = loop.abstract_state(task, gen.mesh, sharding.rules_from_config(config))
+  expected = nn.unbox(target.ema_params)
+  assert jax.tree.structure(expected) == jax.tree.structure(gen.params)
+  for want, got in zip(jax.tree.leaves(expected), jax.tree.leaves(gen.params)):
+    assert got.sharding == want.sharding and got.shape == want.shape
+  head = gen.params["denoiser"]["head"]["kernel"]  # [D, V]: embed -> fsdp, vocab -> tensor
+  assert head.sharding.spec == P("fsdp", "tensor")
+  assert len(head.sharding.device_set) == 8
+  assert {s.data.shape for s in head.addressable_shards} == {(head.shape[0] // 2,
+                                                             head.shape[1] // 2)}
+  # The EMA copy, not the raw parameters.
+  abstract = jax.eval_shape(gen.system.init_params, jax.random.key(0))
+  ema = nn.unbox(sampling_fixtures._random_params(abstract, 3))  # pylint: disable=protected-access
+  np.testing.assert_array_equal(np.asarray(head), ema["denoiser"]["head"]["kernel"])
+
+
+def test_a_mesh_that_does_not_fit_the_devices_is_one_line(run):
+  config, workdir = run
+  config = config.copy_and_resolve_references()
+  config.mesh.data = 4  # 4 x 2 x 2 = 16 devices, 8 here
+  with pytest.raises(ValueError) as error:
+    generation.Generator.from_workdir(workdir, config)
+  message = str(error.value)
+  assert "\n" not in message and "config.mesh" in message and "16 devices" in message, message

@@ -20,10 +20,12 @@ with both labels, and an image's half depends only on its own path and label, ne
 
 A second fixture, `tests/fixtures/shapes_geneval_agreement_fresh.{npz,jsonl}`, selected with
 `--agreement_fixture=fresh`, holds images of another training run, labelled blind after the scorer
-was designed. It has no dev half: it is scored whole (`--split=all`).
+was designed. It has no dev half: it is scored whole (`--split=all`). A third,
+`tests/fixtures/shapes_geneval_agreement_long.{npz,jsonl}` (`--agreement_fixture=long`), holds
+images of a better-trained run, labelled blind in the same way, and is scored whole too.
 
   python -m mdd.eval.shapes_geneval --agreement [--split=dev|test|all]
-      [--agreement_fixture=default|fresh|PATH] [--out=FILE.json] [--list_disagreements]
+      [--agreement_fixture=default|fresh|long|PATH] [--out=FILE.json] [--list_disagreements]
 """
 
 from __future__ import annotations
@@ -49,10 +51,11 @@ _REPO = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 DEFAULT_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement")
 FRESH_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement_fresh")
-# Names `--agreement_fixture` accepts besides a path. The fresh fixture never served design, so
-# splitting it into dev and test halves would mean nothing: it only takes --split=all.
-FIXTURES = {"default": DEFAULT_FIXTURE, "fresh": FRESH_FIXTURE}
-UNSPLIT_FIXTURES = (FRESH_FIXTURE,)
+LONG_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement_long")
+# Names `--agreement_fixture` accepts besides a path. The fresh and long fixtures never served
+# design, so splitting them into dev and test halves would mean nothing: they only take --split=all.
+FIXTURES = {"default": DEFAULT_FIXTURE, "fresh": FRESH_FIXTURE, "long": LONG_FIXTURE}
+UNSPLIT_FIXTURES = (FRESH_FIXTURE, LONG_FIXTURE)
 LABELS = ("correct", "incorrect")
 SPLITS = ("dev", "test", "all")
 
@@ -220,8 +223,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
       description="ShapeGenEval's agreement with labels given by eye (mdd/eval/shapes_geneval/"
                   "AGREEMENT.md).")
   parser.add_argument("--agreement_fixture", default=DEFAULT_FIXTURE,
-                      help="'default', 'fresh' (tests/fixtures/shapes_geneval_agreement_fresh, "
-                           "scored with --split=all) or a fixture path without extension "
+                      help="'default', 'fresh' or 'long' (tests/fixtures/shapes_geneval_agreement_"
+                           "{fresh,long}, scored with --split=all) or a fixture path without "
+                           "extension "
                            "(PATH.npz + PATH.jsonl); default: the repository's "
                            "tests/fixtures/shapes_geneval_agreement")
   parser.add_argument("--split", default="all", choices=SPLITS,

@@ -325,7 +325,7 @@ def test_run_writes_json_with_heldout(tmp_path, monkeypatch):
   small = {w: _small_prompt_set(w, per_tag=1) for w in prompt_set.PROMPT_SETS}
   monkeypatch.setattr(sg.runner, "load_prompts", lambda which="main": small[which])
   calls = []
-  truth = sg.groundtruth_generate_fn(small["main"] + small["heldout"], 32)
+  truth = sg.groundtruth_generate_fn([e for w in prompt_set.PROMPT_SETS for e in small[w]], 32)
 
   def generate_fn(prompts, seeds):
     calls.append(len(prompts))
@@ -342,6 +342,8 @@ def test_run_writes_json_with_heldout(tmp_path, monkeypatch):
   assert stored["heldout"]["num_images"] == 2 * 3
   assert set(stored["heldout"]["tags"]) == {"colors", "position", "color_attr"}
   assert "ShapeGenEval heldout" in stored["markdown"]
+  for other in prompt_set.PROMPT_SETS[2:]:  # `all`: every further set under its name
+    assert stored[other]["overall"] == 1.0 and f"ShapeGenEval {other}" in stored["markdown"]
   assert os.path.isfile(tmp_path / "eval" / "shapes_geneval" / "main" / "00005" / "samples"
                         / "0001.png")
   # Re-running resumes: complete prompt folders are not generated again.

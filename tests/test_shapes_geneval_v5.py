@@ -19,6 +19,8 @@ from scipy import ndimage
 from mdd.data import palette
 from mdd.eval import shapes_geneval as sg
 from mdd.eval.shapes_geneval import agreement
+# Metadata builders shared with the v4 tests (tests/ is on the path: pytest's rootdir mode).
+from test_shapes_geneval_v4 import _accepted, _counting, _single  # pylint: disable=import-error
 
 _SUPERSAMPLE = 4
 _BACKGROUND = np.array(palette.BACKGROUND, np.float64)
@@ -102,20 +104,6 @@ def _rounded_square(side, corner, bulge=0.0, aspect=1.0, cx=0.5, cy=0.5):
     for t in np.linspace(0, 1, 24)[1:-1]:
       points.append(a + t * (b - a) + bulge * np.sin(np.pi * t) * normal)
   return [(cx + x, cy + y) for x, y in points]
-
-
-def _single(shape, color=None):
-  entry = {"class": shape, "count": 1, **({"color": color} if color else {})}
-  return {"tag": "colors" if color else "single_object", "include": [entry]}
-
-
-def _counting(shape, count):
-  return {"tag": "counting", "include": [{"class": shape, "count": count}],
-          "exclude": [{"class": shape, "count": count + 1}]}
-
-
-def _accepted(image, metadata):
-  return sg.score_image(image, metadata)["correct"]
 
 
 def test_the_result_names_scorer_v5():

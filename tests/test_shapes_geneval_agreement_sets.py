@@ -1,0 +1,85 @@
+"""The blind-labelled ShapeGenEval agreement sets beyond the first (`fresh`, `long`): their
+integrity, and that the CLI scores each whole.
+
+Each set (tests/fixtures/shapes_geneval_agreement_<name>.{npz,jsonl}, see AGREEMENT.md) holds
+images of one CPU-trained model, a different model per set, labelled blind. The measured
+agreement lives in docs/runs/shapes_geneval_agreement_*_<name>.json; the tests only ask for a
+floor far below it, so that they break when scoring breaks, not when the scorer changes.
+"""
+
+import json
+import os
+import re
+import zlib
+
+import numpy as np
+import pytest
+
+from mdd.data import palette
+from mdd.eval.shapes_geneval import __main__ as cli
+from mdd.eval.shapes_geneval import agreement
+
+# name -> (run the images come from, images, images per tag)
+SETS = {"fresh": ("cpu_default_grain", 150, 25), "long": ("cpu_long", 180, 30)}
+
+
+def _hashes(images: np.ndarray) -> set[int]:
+  return {zlib.crc32(image.tobytes()) for image in images}
+
+
+@pytest.mark.parametrize("name", sorted(SETS))
+def test_fixture_integrity(name):
+  run, num_images, per_tag = SETS[name]
+  images, records = agreement.load_fixture(agreement.FIXTURES[name])
+  assert images.shape == (num_images, 32, 32, 3) and images.dtype == np.uint8
+  assert [r["index"] for r in records] == list(range(num_images))
+  for tag in palette.TAGS:
+    of_tag = [r for r in records if r["tag"] == tag]
+    assert len(of_tag) == per_tag, tag
+    assert all(r["metadata"]["tag"] == tag for r in of_tag)
+  for r in records:
+    assert r["label"] in agreement.LABELS and isinstance(r["unclear"], bool)
+    assert r["prompt"] == r["metadata"]["prompt"] and r["note"]
+    assert r["run"] == run
+    assert re.fullmatch(r"\d{5}/samples/\d{4}\.png", r["source"]), r["source"]
+  # One image per prompt folder, all distinct, and none shared with another set.
+  assert len({r["source"].split("/")[0] for r in records}) == num_images
+  assert len(_hashes(images)) == num_images
+  for other in set(agreement.FIXTURES) - {name}:
+    other_images, other_records = agreement.load_fixture(agreement.FIXTURES[other])
+    assert run not in {r["run"] for r in other_records}, other
+    assert not _hashes(other_images) & _hashes(images), other
+  # Images are generated samples, not blanks: each differs from the grey background somewhere.
+  assert all(np.abs(image.astype(int) - 128).max() > 60 for image in images)
+
+
+def test_the_long_set_holds_both_labels_in_every_tag():
+  _, records = agreement.load_fixture(agreement.FIXTURES["long"])
+  for tag in palette.TAGS:
+    assert {r["label"] for r in records if r["tag"] == tag} == set(agreement.LABELS), tag
+
+
+@pytest.mark.parametrize("name", sorted(SETS))
+def test_unsplit_sets_refuse_a_half(name, capsys):
+  with pytest.raises(SystemExit):
+    cli.main(["--agreement", f"--agreement_fixture={name}", "--split=test"])
+  assert "--split=all" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(SETS))
+def test_cli_scores_the_whole_set(name, tmp_path, capsys):
+  _, num_images, per_tag = SETS[name]
+  out = tmp_path / f"{name}.json"
+  cli.main(["--agreement", f"--agreement_fixture={name}", "--split=all", "--list_disagreements",
+            f"--out={out}"])
+  assert f"{num_images} images" in capsys.readouterr().out
+  with open(out) as f:
+    result = json.load(f)
+  assert result["fixture"] == os.path.join("tests", "fixtures", f"shapes_geneval_agreement_{name}")
+  assert result["split"] == "all" and result["num_images"] == num_images
+  overall = result["groups"]["overall"]["all"]
+  assert overall["n"] == num_images
+  for tag in palette.TAGS:
+    assert result["groups"][tag]["all"]["n"] == per_tag
+  assert overall["agreement"] >= 0.6  # a sanity floor far below the measured agreement
+  assert len(result["disagreements"]) == overall["fp"] + overall["fn"]

@@ -8,7 +8,9 @@
 #   bash launch/ablate_gpu.sh sampler LIMIT   # the GCE models: edits off / on / ReMDM at 4-64
 #                                             # sampler steps, then the held-out prompts
 #
-# Environment: VOCAB (16 = 2^16 codes; 18), STEPS (denoiser steps), GENEVAL_EVERY, SEEDS,
+# Environment: CONFIG (default configs/shapes_gpu.py:vocab=VOCAB; a CPU config such as
+# configs/shapes_tiny.py:runlocal tries the pieces at toy size with GPUS=0),
+# VOCAB (16 = 2^16 codes; 18), STEPS (denoiser steps), GENEVAL_EVERY, SEEDS,
 # PARALLEL (runs side by side), GPUS, WD (the ablation's workdir), OUT (where ablate.json and
 # the scored layouts are copied when the piece ends).
 set -uo pipefail
@@ -19,7 +21,8 @@ VOCAB="${VOCAB:-16}" STEPS="${STEPS:-3000}" GENEVAL_EVERY="${GENEVAL_EVERY:-1000
 SEEDS="${SEEDS:-0,1}" PARALLEL="${PARALLEL:-4}" GPUS="${GPUS:-1}"
 WD="${WD:-workdirs/ablate_gpu_v${VOCAB}}" OUT="${OUT:-$WD/out}"
 export PYTHONUNBUFFERED=1
-args=(--config="configs/shapes_gpu.py:vocab=${VOCAB}" --workdir="$WD" --seeds="$SEEDS"
+CONFIG="${CONFIG:-configs/shapes_gpu.py:vocab=${VOCAB}}"
+args=(--config="$CONFIG" --workdir="$WD" --seeds="$SEEDS"
       --parallel="$PARALLEL" --gpus="$GPUS" --eval_every=500 --images_per_prompt=1
       --eval_batch_size="${EVAL_BATCH:-64}" --set "denoiser_train.num_steps=${STEPS}")
 case "$phase" in

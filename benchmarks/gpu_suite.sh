@@ -6,6 +6,8 @@
 #   bash benchmarks/gpu_suite.sh train     # train-step MFU: 1B at 1024 tokens (pallas vs chunked,
 #                                          # profiled), then B / XL / 1B at 256 and 1024 tokens
 #   bash benchmarks/gpu_suite.sh sampler   # sampler images/s and loop overhead (B, 256/1024 tokens)
+#   bash benchmarks/gpu_suite.sh mfu       # levers on the 1B step at 1024 tokens, one process
+#                                          # each: the baseline, batch 20, XLA GPU flags
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks}"
@@ -24,5 +26,16 @@ case "${1:-train}" in
     timeout 420 python -m mdd.bench.sampler --variant=B --grids=16,32 --steps=8,16,32 \
         --batches=1,8,32 --out="$OUT/sampler.json"
     ;;
-  *) echo "usage: $0 train|sampler" >&2; exit 2 ;;
+  mfu)
+    # The baseline again in the same call (machines are noisy: compare ratios), then one lever
+    # per process. XLA_FLAGS are read when the backend starts, hence a process per setting.
+    base=(python -m mdd.bench.train_step --variants=1B --grids=32 --impls=pallas --remat=0)
+    timeout 140 "${base[@]}" --out="$OUT/mfu_1b_baseline.json"
+    timeout 140 "${base[@]}" --tokens_per_step=20480 --out="$OUT/mfu_1b_batch20.json"
+    XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true" timeout 140 "${base[@]}" \
+        --out="$OUT/mfu_1b_lhs.json"
+    XLA_FLAGS="--xla_gpu_enable_triton_gemm=false" timeout 140 "${base[@]}" \
+        --out="$OUT/mfu_1b_no_triton_gemm.json"
+    ;;
+  *) echo "usage: $0 train|sampler|mfu" >&2; exit 2 ;;
 esac

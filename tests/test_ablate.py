@@ -135,9 +135,9 @@ def test_ablation_end_to_end_at_toy_size(tmp_path):
   best = results["heldout_setting"]
   assert best in ("no_edit@4", "remdm@4")
   assert set(results["evals"]) == {"sampler/no_edit@4/s0", "sampler/remdm@4/s0"} | {
-      f"prompts_{which}/{name}/s0" for which in ablate.PROMPT_SET_STUDY
+      f"prompts_{which}/{name}/s0" for which in ablate.PROMPT_SETS
       for name in ("config", "config_no_edit", best)}
-  assert {e["which"] for e in results["evals"].values()} == set(ablate.PROMPT_SET_STUDY)
+  assert {e["which"] for e in results["evals"].values()} == set(ablate.PROMPT_SETS)
   assert all(0.0 <= e["summary"]["overall"] <= 1.0 for e in results["evals"].values())
   text = report.write_report(results, str(tmp_path / "results.md"))
   assert "| ce | 1 |" in text

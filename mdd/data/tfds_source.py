@@ -38,14 +38,6 @@ from mdd.data import images
 Barrier = Callable[[str], None]
 
 
-def sync_processes(name: str) -> None:
-  """Waits until every JAX process reaches the barrier `name` (nothing with one process)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(name)
-
-
 def _import_tfds():
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -143,7 +135,7 @@ class TfdsSource:
       seed: seeds the random crops.
       process_index: this JAX process (None: `jax.process_index()`).
       prepare: run `download_and_prepare` (process 0) and the barrier; False only opens.
-      barrier: `barrier(name)` waits for every process (None: `sync_processes`).
+      barrier: `barrier(name)` waits for every process (None: `mdd.utils.sharding.sync_processes`).
     """
     if crop not in images.CROPS:
       raise ValueError(f"data.crop must be one of {images.CROPS}, got {crop!r}")
@@ -158,7 +150,10 @@ class TfdsSource:
     if prepare:
       if process_index == 0:
         builder.download_and_prepare(file_format="array_record")
-      (barrier or sync_processes)(f"mdd_tfds_prepare_{builder.name}")
+      if barrier is None:  # JAX (and its backend) only once preparing needs the barrier
+        from mdd.utils import sharding  # pylint: disable=g-import-not-at-top
+        barrier = sharding.sync_processes
+      barrier(f"mdd_tfds_prepare_{builder.name}")
     if not builder.is_prepared():
       why = ("after process 0 prepared it: is data.tfds_data_dir on storage all hosts share?"
              if prepare else "and prepare=False")

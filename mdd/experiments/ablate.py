@@ -40,6 +40,7 @@ import sys
 import time
 from typing import Any, Sequence
 
+from mdd.data.prompts import PROMPT_SETS  # NumPy only: the parent process stays JAX-free
 from mdd.utils import fileio
 
 LOSS_VARIANTS: dict[str, dict[str, Any]] = {
@@ -49,8 +50,6 @@ LOSS_VARIANTS: dict[str, dict[str, Any]] = {
     "gce_soft_ce_mix": {"loss.type": "gce", "loss.mode": "soft", "loss.ce_mix": 0.1},
 }
 NO_EDIT = {"edit_threshold": 1.0, "num_edit_passes": 0}
-# The prompt sets the headline settings are scored on (the `heldout` study).
-PROMPT_SET_STUDY = ("main", "heldout", "reworded", "color_attr_new")
 STEPS = (4, 8, 16, 32, 64)
 
 
@@ -439,7 +438,7 @@ class Ablation:
       name, over = self.best_setting()
       self.results["heldout_setting"] = name
       settings = {"config": {}, "config_no_edit": dict(NO_EDIT), name: over}
-      for prompt_set in PROMPT_SET_STUDY:
+      for prompt_set in PROMPT_SETS:  # `main` too: the settings' scores next to the rest
         self.sampler_study(f"prompts_{prompt_set}", settings, which=prompt_set)
     print(f"[ablate] results: {self.results_path}", flush=True)
 

@@ -40,7 +40,8 @@ CURRENT_RESULTS: tuple[Headline, ...] = (
              "2 CPU cores, jax 0.10.2",
              ("docs/runs/shapes_tiny_v5_rescore_2026-12-05.json",
               "docs/runs/shapes_tiny_grain_v4_2026-12-05.json",
-              "docs/runs/shapes_tiny_v4_2026-12-05.json", "docs/runs/shapes_tiny_v3_2026-12-05.json",
+              "docs/runs/shapes_tiny_v4_2026-12-05.json",
+              "docs/runs/shapes_tiny_v3_2026-12-05.json",
               "docs/runs/shapes_tiny_2026-12-05.json", "docs/runs/shapes_tiny_2026-11-29_s12.json")),
     Headline("ShapeGenEval's agreement with a person (654 generated images of three CPU models "
              "labelled by eye, `mdd/eval/shapes_geneval/AGREEMENT.md`)",
@@ -282,7 +283,8 @@ def reach_reference_table(results: dict, reference: str = "ce") -> str:
     return ""
   ref_step, ref_score, _ = ref_curve[-1]
   lines = [f"| loss | steps to {reference}'s final ShapeGenEval ({ref_score:.3f} at step "
-           f"{ref_step}) | ratio to {reference} | final ShapeGenEval |", "| --- | --- | --- | --- |"]
+           f"{ref_step}) | ratio to {reference} | final ShapeGenEval |",
+           "| --- | --- | --- | --- |"]
   for variant, runs in rows.items():
     curve = _mean_geneval_curve(runs)
     if not curve:
@@ -308,7 +310,8 @@ def prompt_sets_table(results: dict) -> str:
           row["summary"]["overall"])
   if not by_setting:
     return ""
-  order = [s for s in ("main", "heldout", "reworded", "color_attr_new") if s in sets]
+  from mdd.data.prompts import PROMPT_SETS  # pylint: disable=import-outside-toplevel
+  order = [s for s in PROMPT_SETS if s in sets]
   order += [s for s in sets if s not in order]
   lines = ["| setting | " + " | ".join(order) + " |", "|" + " --- |" * (1 + len(order))]
   for setting, cells in by_setting.items():

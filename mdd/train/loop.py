@@ -82,12 +82,7 @@ def abstract_state(task: Task, mesh: Mesh, rules) -> tuple[Any, Any]:
   """(abstract state with shardings, shardings) without allocating anything."""
   abstract = jax.eval_shape(task.init_state, jax.random.key(0))
   shardings = sharding_lib.logical_to_shardings(abstract, mesh, rules)
-  # `shardings` is a prefix of `abstract` (a logical box collapses to one sharding).
-  target = jax.tree.map(
-      lambda s, sub: jax.tree.map(
-          lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), sub),
-      shardings, abstract)
-  return target, shardings
+  return sharding_lib.with_shardings(abstract, shardings), shardings
 
 
 # The items of a train checkpoint: the state, and the input pipeline's position.

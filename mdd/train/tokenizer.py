@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
 from mdd import workdir as workdir_lib
 from mdd.data import loader
@@ -342,10 +341,9 @@ def copy_source_tokenizer(config, workdir: str) -> bool:
       not init_from or run_dir.checkpoint_steps(TASK_NAME)):
     return False
   record = None
-  if jax.process_index() == 0:
+  if sharding_lib.is_main_process():
     record = run_dir.copy_tokenizer_from(workdir_lib.Workdir(init_from))
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("mdd: tokenizer copied")
+  sharding_lib.sync_processes("tokenizer copied")
   record = record or run_dir.tokenizer_copied_from()
   logging.info("tokenizer: the one of %s (step %d), copied, not trained here",
                record["source"], record["step"])

@@ -233,16 +233,20 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
   return out
 
 
-def abstract_on_mesh(abstract, mesh: Mesh, rules: Rules):
+def with_shardings(abstract, shardings):
   """`abstract` (an `eval_shape` tree, leaves boxed with logical names or not) as
-  `ShapeDtypeStruct`s carrying the shardings `logical_to_shardings` gives them: what the train
-  loop lays the same tree out with, for restoring a checkpoint straight onto the mesh."""
-  shardings = logical_to_shardings(abstract, mesh, rules)
-  # `shardings` is a prefix of `abstract` (a logical box collapses to one sharding).
+  `ShapeDtypeStruct`s carrying `shardings` (`logical_to_shardings` of it: a prefix of the tree,
+  since a logical box collapses to one sharding)."""
   return jax.tree.map(
       lambda s, sub: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                   sub),
       shardings, abstract)
+
+
+def abstract_on_mesh(abstract, mesh: Mesh, rules: Rules):
+  """`abstract` placed as the train loop lays the same tree out on `mesh`: for restoring a
+  checkpoint straight onto the mesh."""
+  return with_shardings(abstract, logical_to_shardings(abstract, mesh, rules))
 
 
 # --------------------------------------------------------------------------------------------

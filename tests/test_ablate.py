@@ -41,9 +41,9 @@ def _results():
 
 def test_report_tables_and_plots(tmp_path):
   out = str(tmp_path / "results.md")
-  text = report.write_report(_results(), out, source="runs/ablate_h200_v16.json")
+  text = report.write_report([("runs/ablate_h200_v16.json", _results())], out)
   # Header, the headline table (every number cites files that exist), then the ablation tables.
-  assert text.index("## Current results") < text.index("```") < text.index("## Setting")
+  assert text.index("## Current results") < text.index("```") < text.index("### Setting")
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   for row in report.CURRENT_RESULTS:
     assert f"| {row.what} |" in text and row.evidence
@@ -57,7 +57,7 @@ def test_report_tables_and_plots(tmp_path):
   assert "| policy_entropy | main | 0.300 ± 0.000 |" in text
   # ce's group accuracy curve is half of gce's, so it never reaches 80% of the best final.
   assert "not reached (0/2)" in text
-  for png in ("results_loss_curves.png", "results_sampler.png"):
+  for png in ("results_ablate_h200_v16_loss_curves.png", "results_ablate_h200_v16_sampler.png"):
     assert os.path.getsize(tmp_path / png) > 1000
 
 
@@ -139,7 +139,7 @@ def test_ablation_end_to_end_at_toy_size(tmp_path):
       for name in ("config", "config_no_edit", best)}
   assert {e["which"] for e in results["evals"].values()} == set(ablate.PROMPT_SETS)
   assert all(0.0 <= e["summary"]["overall"] <= 1.0 for e in results["evals"].values())
-  text = report.write_report(results, str(tmp_path / "results.md"))
+  text = report.write_report([("", results)], str(tmp_path / "results.md"))
   assert "| ce | 1 |" in text
   assert "| setting | main | heldout | reworded | color_attr_new |" in text
 
@@ -185,3 +185,29 @@ def test_geneval_curves_steps_to_reach_and_prompt_sets():
   sets = report.prompt_sets_table(results)
   assert "| setting | main | reworded |" in sets
   assert "| config | 0.550 ± 0.071 | 0.350 ± 0.071 |" in sets
+
+
+def test_report_has_one_section_per_ablation_in_order_and_names_the_scorer(tmp_path):
+  loss_only = {"config": "configs/shapes_gpu.py:vocab=16", "seeds": [0],
+               "runs": {"loss/ce_s0": {
+                   "variant": "ce", "seed": 0, "status": 0,
+                   "final": {"step": 20, "masked_acc": 0.5, "group_acc": 0.5, "loss": 1.0},
+                   "curve": [{"step": 20, "loss": 1.0}],
+                   "shapes_geneval": {"overall": 0.4, "tags": {}, "scorer_version": "v5"},
+                   "geneval_curve": [{"step": 20, "overall": 0.4, "tags": {},
+                                      "scorer_version": "v5"}]}},
+               "evals": {}}
+  text = report.write_report([("a/ablate_new.json", loss_only),
+                              ("b/ablate_h200_v16.json", _results())],
+                             str(tmp_path / "results.md"), current=())
+  first, second = text.split("## Ablation: ")[1:]
+  assert "Raw results: `a/ablate_new.json`." in first
+  assert "- ShapeGenEval scorer: v5" in first
+  # A study the JSON does not hold gets no section; the other ablation keeps its own.
+  assert "### Sampler" not in first and "### Sampler" in second
+  assert second.startswith(report.ABLATION_NOTES["ablate_h200_v16.json"].title)
+  assert "- ShapeGenEval scorer: not recorded in the JSON (named in the text above)" in second
+  assert os.path.exists(tmp_path / "results_ablate_new_loss_curves.png")
+  assert os.path.exists(tmp_path / "results_ablate_h200_v16_sampler.png")
+  with pytest.raises(SystemExit, match="missing ablate.json: 'c.json'"):
+    report.write_report([("c.json", None)], str(tmp_path / "r.md"))

@@ -3,7 +3,8 @@ r"""The ablations of the paper's claims, end to end, and their report.
   python -m mdd.experiments.ablate --config=configs/shapes_tiny.py:vocab=14 --workdir=DIR \
       [--studies=loss,sampler,policy,heldout] [--seeds=0,1,2] [--parallel=N] [--gpus=N] \
       [--set denoiser_train.num_steps=600 ...]
-  python -m mdd.experiments.ablate --report=DIR/ablate.json --out=docs/results.md
+  python -m mdd.experiments.ablate --report=DIR/ablate.json [--report=OTHER/ablate.json] \
+      --out=docs/results.md
 
 What runs (every run is a `python -m mdd.main` subprocess on its own workdir, so runs are
 isolated, resumable and can go side by side, one GPU each with `--gpus`):
@@ -21,7 +22,7 @@ isolated, resumable and can go side by side, one GPU each with `--gpus`):
            (`mdd.data.prompts.PROMPT_SETS`), next to `main`.
 Every evaluation result lands in DIR/ablate.json (rewritten atomically after each run, so a
 killed ablation resumes where it stopped); `--report` turns it into markdown tables and PNG
-plots. Seeds are training seeds: each seed is its own trained denoiser, and ShapeGenEval uses
+plots, one section per JSON given, and every ShapeGenEval records its scorer version. Seeds are training seeds: each seed is its own trained denoiser, and ShapeGenEval uses
 the same prompt seeds for all of them, so the spread is the spread over training runs.
 """
 
@@ -154,6 +155,9 @@ def _read_json(path: str, default=None):
 
 
 _CURVE_KEYS = ("step", "loss", "eval/masked_acc", "eval/group_acc", "eval/loss")
+# What a loss run records of each ShapeGenEval (the scorer version: results of different
+# versions are not comparable).
+GENEVAL_KEYS = ("overall", "tags", "num_images", "scorer_version")
 
 
 def _curve(run_dir: str) -> list[dict]:
@@ -217,7 +221,8 @@ def eval_many(jobs: Sequence[dict], which: str, images_per_prompt: int,
 
     result = _run_halving_on_oom(layout, batch_size)
     summary = {"overall": result["overall"], "tags": result["tags"],
-               "num_images": result["num_images"], "denoiser_step": int(gen.step)}
+               "num_images": result["num_images"], "denoiser_step": int(gen.step),
+               "scorer_version": result["scorer_version"]}
     if totals["images"]:
       summary["edits_per_step"] = (totals["edits"] / totals["images"]).tolist()
       summary["unmasked_per_step"] = (totals["unmasked"] / totals["images"]).tolist()
@@ -326,17 +331,16 @@ class Ablation:
     points = []
     for path in glob.glob(os.path.join(run_dir, "curve", "step_*", "summary.json")):
       summary = _read_json(path)
-      points.append({k: summary[k] for k in ("overall", "tags", "num_images")}
-                    | {"step": summary["denoiser_step"]})
+      points.append({k: summary.get(k) for k in GENEVAL_KEYS} | {"step": summary["denoiser_step"]})
     if points:
       row["geneval_curve"] = sorted(points, key=lambda p: p["step"])
       final = row["geneval_curve"][-1]
-      row["shapes_geneval"] = {k: final[k] for k in ("overall", "tags", "num_images")}
+      row["shapes_geneval"] = {k: final[k] for k in GENEVAL_KEYS}
       trained_to = (row["final"] or {}).get("step")
       row["status"] = status or (0 if final["step"] == trained_to else 1)
     else:
       geneval = _read_json(os.path.join(run_dir, "eval", "shapes_geneval.json"), {})
-      row["shapes_geneval"] = {k: geneval.get(k) for k in ("overall", "tags", "num_images")}
+      row["shapes_geneval"] = {k: geneval.get(k) for k in GENEVAL_KEYS}
     self.results["runs"][name] = row
     self.save()
 
@@ -508,7 +512,9 @@ def main(argv: Sequence[str] | None = None):
   parser.add_argument("--eval_batch_size", type=int, default=128)
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="config override for every run, e.g. denoiser_train.num_steps=600")
-  parser.add_argument("--report", help="ablate.json to turn into markdown + plots")
+  parser.add_argument("--report", action="append", default=[],
+                      help="ablate.json to turn into markdown + plots; repeat for several "
+                           "ablations (one section each, in this order)")
   parser.add_argument("--collect", action="store_true",
                       help="rebuild DIR/ablate.json from the runs on disk, run nothing")
   parser.add_argument("--out", default="docs/results.md")
@@ -522,7 +528,7 @@ def main(argv: Sequence[str] | None = None):
     return
   if args.report:
     from mdd.experiments import report  # pylint: disable=import-outside-toplevel
-    report.write_report(_read_json(args.report), args.out, source=args.report)
+    report.write_report([(path, _read_json(path)) for path in args.report], args.out)
     return
   if not args.workdir:
     parser.error("--workdir is required (or --report)")

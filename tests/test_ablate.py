@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from mdd.eval import shapes_geneval
 from mdd.experiments import ablate, report
 
 
@@ -131,6 +132,7 @@ def test_ablation_end_to_end_at_toy_size(tmp_path):
   assert [row["step"] for row in run["curve"] if "eval/masked_acc" in row] == [20, 40, 60]
   # ShapeGenEval of the checkpoint every 40 steps and of the final one.
   assert [p["step"] for p in run["geneval_curve"]] == [40, 60]
+  assert {p["scorer_version"] for p in run["geneval_curve"]} == {shapes_geneval.SCORER_VERSION}
   assert run["shapes_geneval"]["overall"] == run["geneval_curve"][-1]["overall"]
   best = results["heldout_setting"]
   assert best in ("no_edit@4", "remdm@4")

@@ -75,6 +75,48 @@ def test_evaluate_agreement_groups_and_unclear_rows():
   assert result["scorer_version"] == agreement.SCORER_VERSION
 
 
+def test_cohen_kappa_on_a_hand_made_case():
+  # Observed 3/4; chance 0.5 * 0.25 + 0.5 * 0.75 = 0.5; kappa (0.75 - 0.5) / 0.5.
+  assert agreement.cohen_kappa([True, True, False, False],
+                               [True, False, False, False]) == pytest.approx(0.5)
+  assert agreement.cohen_kappa([True, False], [True, False]) == pytest.approx(1.0)
+  assert agreement.cohen_kappa([True, True], [True, True]) is None  # no chance to disagree
+
+
+def test_a_second_labeller_gives_rater_agreement_and_consensus_rows():
+  """Clean renders scored by both people; the second person disagrees on one image, which
+  leaves the consensus rows."""
+  rng = np.random.default_rng(0)
+  single = {"tag": "single_object", "prompt": "a photo of a circle",
+            "include": [{"class": "circle", "count": 1}]}
+  colors = {"tag": "colors", "prompt": "a photo of a red square",
+            "include": [{"class": "square", "count": 1, "color": "red"}]}
+  blue_square = dict(colors, include=[{"class": "square", "count": 1, "color": "blue"}])
+  images = np.stack([shapes.render(shapes.scene_from_metadata(m, rng), 32)
+                     for m in (single, colors, blue_square, single)])
+  # Image 2 (a blue square) is scored against "a red square": the scorer rejects it.
+  labels = [("correct", "correct"), ("correct", "correct"), ("correct", "incorrect"),
+            ("incorrect", "incorrect")]
+  records = [{"metadata": m, "tag": m["tag"], "label": a, "unclear": False,
+              "second_label": b, "second_unclear": a != b}
+             for m, (a, b) in zip((single, colors, colors, single), labels)]
+  result = agreement.evaluate_agreement(images, records)
+  second = result["second_labeller"]
+  assert second["labellers"]["agree"] == 3 and second["labellers"]["second_unclear"] == 1
+  assert second["labellers"]["kappa"] == pytest.approx(
+      agreement.cohen_kappa([True, True, True, False], [True, True, False, False]))
+  # Against the second person the scorer agrees everywhere but image 3 (a circle it accepts).
+  assert second["scorer_vs_second"]["agreement"] == pytest.approx(3 / 4)
+  consensus = second["consensus"]
+  assert consensus["overall"]["n"] == 3 and consensus["colors"]["n"] == 1
+  assert consensus["colors"]["agreement"] == 1.0
+  assert "Two people: same label on 3 of 4 images" in result["markdown"]
+  assert "| colors | consensus | 1 |" in result["markdown"]
+  # Without second labels on every image there are no such rows.
+  del records[0]["second_label"]
+  assert "second_labeller" not in agreement.evaluate_agreement(images, records)
+
+
 def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
   out = tmp_path / "agreement.json"
   cli.main(["--agreement", f"--agreement_fixture={agreement.DEFAULT_FIXTURE}", f"--out={out}"])

@@ -188,8 +188,40 @@ def evaluate_agreement(images: np.ndarray, records: Sequence[dict],
   result = {"scorer_version": SCORER_VERSION, "scorer": dataclasses.asdict(settings),
             "fixture": fixture, "split": split, "num_images": len(records), "groups": groups,
             "disagreements": disagreements}
+  if records and all(r.get("second_label") in LABELS for r in records):
+    result["second_labeller"] = _second_labeller(decisions, labels, records, tags)
   result["markdown"] = markdown_table(result)
   return result
+
+
+def cohen_kappa(a: Sequence[bool], b: Sequence[bool]) -> float | None:
+  """Cohen's kappa of two binary raters: (observed - chance agreement) / (1 - chance)."""
+  a, b = np.asarray(a, bool), np.asarray(b, bool)
+  if a.size == 0:
+    return None
+  observed = float(np.mean(a == b))
+  chance = float(np.mean(a) * np.mean(b) + np.mean(~a) * np.mean(~b))
+  return None if chance == 1.0 else (observed - chance) / (1.0 - chance)
+
+
+def _second_labeller(decisions: np.ndarray, labels: np.ndarray, records: Sequence[dict],
+                     tags: np.ndarray) -> dict:
+  """With a second person's labels (`second_label`, `second_unclear` per record): how often the
+  two people agree (and Cohen's kappa), the scorer against the second person, and the scorer on
+  the consensus images (both people gave the same label), overall and per tag."""
+  second = np.array([r["second_label"] == "correct" for r in records], bool)
+  unclear2 = np.array([bool(r.get("second_unclear", False)) for r in records], bool)
+  consensus = labels == second
+  out = {"labellers": {"n": int(labels.size), "agree": int(np.sum(consensus)),
+                       "agreement": float(np.mean(consensus)),
+                       "kappa": cohen_kappa(labels, second),
+                       "second_unclear": int(np.sum(unclear2))},
+         "scorer_vs_second": agreement_metrics(decisions, second),
+         "consensus": {}}
+  for group in ("overall",) + tuple(t for t in palette.TAGS if t in set(tags)):
+    in_group = (np.ones(len(records), bool) if group == "overall" else tags == group) & consensus
+    out["consensus"][group] = agreement_metrics(decisions[in_group], labels[in_group])
+  return out
 
 
 def _pct(value: float | None) -> str:
@@ -206,14 +238,28 @@ def markdown_table(result: dict) -> str:
            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
   for group, subsets in result["groups"].items():
     for subset, m in subsets.items():
-      ci = m["agreement_ci95"]
-      agreement = ("–" if m["agreement"] is None else
-                   f"{_pct(m['agreement'])} ({_pct(ci[0])}–{_pct(ci[1])})")
       name = f"**{group}**" if group == "overall" else group
-      lines.append(f"| {name} | {'all' if subset == 'all' else 'not unclear'} | {m['n']} "
-                   f"| {m['labelled_correct']} | {m['scorer_accepts']} | {agreement} "
-                   f"| {_pct(m['precision'])} | {_pct(m['recall'])} |")
+      lines.append(_row(name, "all" if subset == "all" else "not unclear", m))
+  second = result.get("second_labeller")
+  if second:
+    people = second["labellers"]
+    lines += ["", f"Two people: same label on {people['agree']} of {people['n']} images "
+                  f"({_pct(people['agreement'])}%, Cohen's kappa {people['kappa']:.2f}). The "
+                  "scorer against the second person, and on the consensus images (both gave "
+                  "the same label):", "",
+              lines[2], lines[3],
+              _row("**overall**", "vs the second person", second["scorer_vs_second"])]
+    for group, m in second["consensus"].items():
+      lines.append(_row(f"**{group}**" if group == "overall" else group, "consensus", m))
   return "\n".join(lines)
+
+
+def _row(name: str, subset: str, m: dict) -> str:
+  ci = m["agreement_ci95"]
+  agreement = ("–" if m["agreement"] is None else
+               f"{_pct(m['agreement'])} ({_pct(ci[0])}–{_pct(ci[1])})")
+  return (f"| {name} | {subset} | {m['n']} | {m['labelled_correct']} | {m['scorer_accepts']} "
+          f"| {agreement} | {_pct(m['precision'])} | {_pct(m['recall'])} |")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

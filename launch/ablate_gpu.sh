@@ -7,6 +7,8 @@
 #                                             # ShapeGenEval every GENEVAL_EVERY steps
 #   bash launch/ablate_gpu.sh sampler LIMIT   # the GCE models: edits off / on / ReMDM at 4-64
 #                                             # sampler steps, then the held-out prompts
+#   bash launch/ablate_gpu.sh editing LIMIT   # both in one ablation without CE: trains the
+#                                             # config's loss only (SEEDS), then the sampler piece
 #
 # Environment: CONFIG (default configs/shapes_gpu.py:vocab=VOCAB; a CPU config such as
 # configs/shapes_tiny.py:runlocal tries the pieces at toy size with GPUS=0),
@@ -15,8 +17,10 @@
 # the scored layouts are copied when the piece ends).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-phase="${1:?usage: $0 loss|sampler LIMIT}"
-limit="${2:?usage: $0 loss|sampler LIMIT}"
+phase="${1:?usage: $0 loss|sampler|editing LIMIT}"
+limit="${2:?usage: $0 loss|sampler|editing LIMIT}"
+# The sampler settings of the editing study: edits off and on at every step count, ReMDM at two.
+SAMPLER_ONLY='^(no_edit|edit_t0.5)@|^remdm@(8|32)$'
 VOCAB="${VOCAB:-16}" STEPS="${STEPS:-3000}" GENEVAL_EVERY="${GENEVAL_EVERY:-1000}"
 SEEDS="${SEEDS:-0,1}" PARALLEL="${PARALLEL:-4}" GPUS="${GPUS:-1}"
 WD="${WD:-workdirs/ablate_gpu_v${VOCAB}}" OUT="${OUT:-$WD/out}"
@@ -33,17 +37,26 @@ case "$phase" in
     ;;
   sampler)
     timeout -s TERM -k 30 "$limit" python -m mdd.experiments.ablate "${args[@]}" \
-        --studies=sampler,heldout --only='^(no_edit|edit_t0.5)@|^remdm@(8|32)$'
+        --studies=sampler,heldout --only="$SAMPLER_ONLY"
     ;;
-  *) echo "usage: $0 loss|sampler LIMIT" >&2; exit 2 ;;
+  editing)
+    timeout -s TERM -k 30 "$limit" python -m mdd.experiments.ablate "${args[@]}" \
+        --studies=loss,sampler,heldout --loss_variants=gce_soft_ce_mix \
+        --geneval_every="$STEPS" --only="$SAMPLER_ONLY"
+    ;;
+  *) echo "usage: $0 loss|sampler|editing LIMIT" >&2; exit 2 ;;
 esac
 status=$?
 python -m mdd.experiments.ablate "${args[@]}" --collect
 mkdir -p "$OUT"
 cp "$WD/ablate.json" "$OUT/ablate.json"
-# The scored images (small PNGs) for the scorer's agreement checks, and the training logs.
+# The scored images (small PNGs) for the scorer's agreement checks, and the training logs; the
+# archive is cut into 15 MiB pieces (the device tool returns files of at most 16 MiB):
+# `cat layouts.tgz.* | tar -xz` puts it together.
+rm -f "$OUT"/layouts.tgz*
 (cd "$WD" && find . -path '*/curve/*' -name '*.png' -o -path './evals/*' -name '*.png' \
-    -o -name 'metadata.jsonl' -o -name 'summary.json' | tar -czf "$OUT/layouts.tgz" -T - ) || true
+    -o -name 'metadata.jsonl' -o -name 'summary.json' | tar -cz -T - ) \
+    | split -b 15M -d - "$OUT/layouts.tgz." || true
 tar -czf "$OUT/logs.tgz" -C "$WD" logs 2>/dev/null || true
 grep -h "steps/s\|step " "$WD"/logs/loss_*.log 2>/dev/null | tail -8
 echo "piece '$phase' exit $status"

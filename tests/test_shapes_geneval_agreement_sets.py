@@ -1,10 +1,11 @@
-"""The blind-labelled ShapeGenEval agreement sets beyond the first (`fresh`, `long`): their
-integrity, and that the CLI scores each whole.
+"""The blind-labelled ShapeGenEval agreement sets beyond the first (`fresh`, `long`, `gpu`):
+their integrity, and that the CLI scores each whole.
 
 Each set (tests/fixtures/shapes_geneval_agreement_<name>.{npz,jsonl}, see AGREEMENT.md) holds
-images of one CPU-trained model, a different model per set, labelled blind. The measured
-agreement lives in docs/runs/shapes_geneval_agreement_*_<name>.json; the tests only ask for a
-floor far below it, so that they break when scoring breaks, not when the scorer changes.
+images of models no other set draws from (one CPU-trained model for `fresh` and `long`, four
+GPU-trained ones for `gpu`), labelled blind; `long` also carries a second person's labels. The measured agreement lives in
+docs/runs/shapes_geneval_agreement_*_<name>.json; the tests only ask for a floor far below it,
+so that they break when scoring breaks, not when the scorer changes.
 """
 
 import json
@@ -19,8 +20,10 @@ from mdd.data import palette
 from mdd.eval.shapes_geneval import __main__ as cli
 from mdd.eval.shapes_geneval import agreement
 
-# name -> (run the images come from, images, images per tag)
-SETS = {"fresh": ("cpu_default_grain", 150, 25), "long": ("cpu_long", 180, 30)}
+# name -> (runs the images come from, images, images per tag, image side)
+SETS = {"fresh": ({"cpu_default_grain"}, 150, 25, 32), "long": ({"cpu_long"}, 180, 30, 32),
+        "gpu": ({f"gpu_{loss}_s{seed}_step2000" for loss in ("ce", "gce") for seed in (0, 1)},
+                180, 30, 64)}
 
 
 def _hashes(images: np.ndarray) -> set[int]:
@@ -29,9 +32,9 @@ def _hashes(images: np.ndarray) -> set[int]:
 
 @pytest.mark.parametrize("name", sorted(SETS))
 def test_fixture_integrity(name):
-  run, num_images, per_tag = SETS[name]
+  runs, num_images, per_tag, side = SETS[name]
   images, records = agreement.load_fixture(agreement.FIXTURES[name])
-  assert images.shape == (num_images, 32, 32, 3) and images.dtype == np.uint8
+  assert images.shape == (num_images, side, side, 3) and images.dtype == np.uint8
   assert [r["index"] for r in records] == list(range(num_images))
   for tag in palette.TAGS:
     of_tag = [r for r in records if r["tag"] == tag]
@@ -40,23 +43,35 @@ def test_fixture_integrity(name):
   for r in records:
     assert r["label"] in agreement.LABELS and isinstance(r["unclear"], bool)
     assert r["prompt"] == r["metadata"]["prompt"] and r["note"]
-    assert r["run"] == run
+    assert r["run"] in runs
     assert re.fullmatch(r"\d{5}/samples/\d{4}\.png", r["source"]), r["source"]
   # One image per prompt folder, all distinct, and none shared with another set.
   assert len({r["source"].split("/")[0] for r in records}) == num_images
   assert len(_hashes(images)) == num_images
   for other in set(agreement.FIXTURES) - {name}:
     other_images, other_records = agreement.load_fixture(agreement.FIXTURES[other])
-    assert run not in {r["run"] for r in other_records}, other
+    assert not runs & {r["run"] for r in other_records}, other
     assert not _hashes(other_images) & _hashes(images), other
   # Images are generated samples, not blanks: each differs from the grey background somewhere.
   assert all(np.abs(image.astype(int) - 128).max() > 60 for image in images)
 
 
-def test_the_long_set_holds_both_labels_in_every_tag():
+def test_the_long_set_holds_both_labels_in_every_tag_and_a_second_person_s():
   _, records = agreement.load_fixture(agreement.FIXTURES["long"])
   for tag in palette.TAGS:
     assert {r["label"] for r in records if r["tag"] == tag} == set(agreement.LABELS), tag
+  for r in records:
+    assert r["second_label"] in agreement.LABELS and isinstance(r["second_unclear"], bool)
+    assert r["second_note"]
+  # Two people, labelling blind to each other: far from chance, not identical.
+  agree = sum(r["label"] == r["second_label"] for r in records)
+  assert 0.8 * len(records) < agree < len(records)
+
+
+def test_the_gpu_set_prompts_are_one_per_folder_across_its_four_models():
+  _, records = agreement.load_fixture(agreement.FIXTURES["gpu"])
+  assert len({r["run"] for r in records}) == 4
+  assert len({r["source"].split("/")[0] for r in records}) == len(records)
 
 
 @pytest.mark.parametrize("name", sorted(SETS))
@@ -68,7 +83,7 @@ def test_unsplit_sets_refuse_a_half(name, capsys):
 
 @pytest.mark.parametrize("name", sorted(SETS))
 def test_cli_scores_the_whole_set(name, tmp_path, capsys):
-  _, num_images, per_tag = SETS[name]
+  _, num_images, per_tag, _ = SETS[name]
   out = tmp_path / f"{name}.json"
   cli.main(["--agreement", f"--agreement_fixture={name}", "--split=all", "--list_disagreements",
             f"--out={out}"])
@@ -83,3 +98,4 @@ def test_cli_scores_the_whole_set(name, tmp_path, capsys):
     assert result["groups"][tag]["all"]["n"] == per_tag
   assert overall["agreement"] >= 0.6  # a sanity floor far below the measured agreement
   assert len(result["disagreements"]) == overall["fp"] + overall["fn"]
+  assert ("second_labeller" in result) == (name == "long")

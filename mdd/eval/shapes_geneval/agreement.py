@@ -22,10 +22,14 @@ A second fixture, `tests/fixtures/shapes_geneval_agreement_fresh.{npz,jsonl}`, s
 `--agreement_fixture=fresh`, holds images of another training run, labelled blind after the scorer
 was designed. It has no dev half: it is scored whole (`--split=all`). A third,
 `tests/fixtures/shapes_geneval_agreement_long.{npz,jsonl}` (`--agreement_fixture=long`), holds
-images of a better-trained run, labelled blind in the same way, and is scored whole too.
+images of a better-trained run, labelled blind in the same way, and is scored whole too. A
+fourth, `tests/fixtures/shapes_geneval_agreement_gpu.{npz,jsonl}` (`--agreement_fixture=gpu`),
+holds 64 px images of four GPU-trained models, labelled blind. A fixture whose records carry a
+second person's labels (`second_label`, `second_unclear`) also gets the two people's agreement
+and the scorer's agreement on the images both labelled alike.
 
   python -m mdd.eval.shapes_geneval --agreement [--split=dev|test|all]
-      [--agreement_fixture=default|fresh|long|PATH] [--out=FILE.json] [--list_disagreements]
+      [--agreement_fixture=default|fresh|long|gpu|PATH] [--out=FILE.json] [--list_disagreements]
 """
 
 from __future__ import annotations
@@ -52,10 +56,12 @@ _REPO = os.path.dirname(
 DEFAULT_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement")
 FRESH_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement_fresh")
 LONG_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement_long")
-# Names `--agreement_fixture` accepts besides a path. The fresh and long fixtures never served
-# design, so splitting them into dev and test halves would mean nothing: they only take --split=all.
-FIXTURES = {"default": DEFAULT_FIXTURE, "fresh": FRESH_FIXTURE, "long": LONG_FIXTURE}
-UNSPLIT_FIXTURES = (FRESH_FIXTURE, LONG_FIXTURE)
+GPU_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement_gpu")
+# Names `--agreement_fixture` accepts besides a path. Only the first fixture served design in
+# halves; the others are scored whole (--split=all).
+FIXTURES = {"default": DEFAULT_FIXTURE, "fresh": FRESH_FIXTURE, "long": LONG_FIXTURE,
+            "gpu": GPU_FIXTURE}
+UNSPLIT_FIXTURES = (FRESH_FIXTURE, LONG_FIXTURE, GPU_FIXTURE)
 LABELS = ("correct", "incorrect")
 SPLITS = ("dev", "test", "all")
 
@@ -269,8 +275,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
       description="ShapeGenEval's agreement with labels given by eye (mdd/eval/shapes_geneval/"
                   "AGREEMENT.md).")
   parser.add_argument("--agreement_fixture", default=DEFAULT_FIXTURE,
-                      help="'default', 'fresh' or 'long' (tests/fixtures/shapes_geneval_agreement_"
-                           "{fresh,long}, scored with --split=all) or a fixture path without "
+                      help="'default', 'fresh', 'long' or 'gpu' (tests/fixtures/shapes_geneval_"
+                           "agreement_{fresh,long,gpu}, scored with --split=all) or a fixture "
+                           "path without "
                            "extension "
                            "(PATH.npz + PATH.jsonl); default: the repository's "
                            "tests/fixtures/shapes_geneval_agreement")

@@ -79,9 +79,12 @@ def test_own_pairs_to_arrayrecord_through_every_stage_on_gcs(gcs_bucket, tmp_pat
   weights = str(tmp_path / "fid_inception_random.npz")
   np.savez(weights, **_random_state_dict(3))
   workdir = f"{gcs_bucket}/t2i"
+  # One compilation cache (local, outside the bucket) for the five runs: the training runs
+  # after the pipeline load its programs instead of compiling them again.
   config = ["-m", "mdd.main", f"--config={REPO}/configs/t2i.py:runlocal,source=arrayrecord",
             f"--workdir={workdir}", f"--config.data.records={records}",
-            f"--config.eval.fid.weights={weights}"]
+            f"--config.eval.fid.weights={weights}",
+            f"--config.compilation_cache_dir={tmp_path / 'jax_cache'}"]
   result = _run(config, cwd=str(tmp_path), timeout=1200)
   for stage in ("train_tokenizer", "pretokenize", "train", "sample", "eval"):
     assert f"=== pipeline: {stage} ===" in result.stdout

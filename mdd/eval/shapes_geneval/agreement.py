@@ -57,11 +57,12 @@ DEFAULT_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agree
 FRESH_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement_fresh")
 LONG_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement_long")
 GPU_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement_gpu")
+GPU2_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement_gpu2")
 # Names `--agreement_fixture` accepts besides a path. Only the first fixture served design in
 # halves; the others are scored whole (--split=all).
 FIXTURES = {"default": DEFAULT_FIXTURE, "fresh": FRESH_FIXTURE, "long": LONG_FIXTURE,
-            "gpu": GPU_FIXTURE}
-UNSPLIT_FIXTURES = (FRESH_FIXTURE, LONG_FIXTURE, GPU_FIXTURE)
+            "gpu": GPU_FIXTURE, "gpu2": GPU2_FIXTURE}
+UNSPLIT_FIXTURES = (FRESH_FIXTURE, LONG_FIXTURE, GPU_FIXTURE, GPU2_FIXTURE)
 LABELS = ("correct", "incorrect")
 SPLITS = ("dev", "test", "all")
 

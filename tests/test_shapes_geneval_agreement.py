@@ -51,16 +51,23 @@ def test_agreement_metrics_on_a_hand_made_case():
   assert agreement.agreement_metrics([True], [False])["recall"] is None
 
 
+_SINGLE = {"tag": "single_object", "prompt": "a photo of a circle",
+           "include": [{"class": "circle", "count": 1}]}
+_COLORS = {"tag": "colors", "prompt": "a photo of a red square",
+           "include": [{"class": "square", "count": 1, "color": "red"}]}
+_BLUE_SQUARE = dict(_COLORS, include=[{"class": "square", "count": 1, "color": "blue"}])
+
+
+def _renders(*metadata) -> np.ndarray:
+  """Clean 32 px ShapeGen renders of the scenes `metadata` describe."""
+  rng = np.random.default_rng(0)
+  return np.stack([shapes.render(shapes.scene_from_metadata(m, rng), 32) for m in metadata])
+
+
 def test_evaluate_agreement_groups_and_unclear_rows():
   """Clean renders: the scorer accepts the matching prompt and rejects a swapped colour."""
-  rng = np.random.default_rng(0)
-  single = {"tag": "single_object", "prompt": "a photo of a circle",
-            "include": [{"class": "circle", "count": 1}]}
-  colors = {"tag": "colors", "prompt": "a photo of a red square",
-            "include": [{"class": "square", "count": 1, "color": "red"}]}
-  blue_square = dict(colors, include=[{"class": "square", "count": 1, "color": "blue"}])
-  images = np.stack([shapes.render(shapes.scene_from_metadata(m, rng), 32)
-                     for m in (single, colors, blue_square)])
+  single, colors = _SINGLE, _COLORS
+  images = _renders(single, colors, _BLUE_SQUARE)
   # The last image (a blue square) is scored against "a red square".
   records = [{"metadata": single, "tag": "single_object", "label": "correct", "unclear": False},
              {"metadata": colors, "tag": "colors", "label": "correct", "unclear": False},
@@ -86,14 +93,8 @@ def test_cohen_kappa_on_a_hand_made_case():
 def test_a_second_labeller_gives_rater_agreement_and_consensus_rows():
   """Clean renders scored by both people; the second person disagrees on one image, which
   leaves the consensus rows."""
-  rng = np.random.default_rng(0)
-  single = {"tag": "single_object", "prompt": "a photo of a circle",
-            "include": [{"class": "circle", "count": 1}]}
-  colors = {"tag": "colors", "prompt": "a photo of a red square",
-            "include": [{"class": "square", "count": 1, "color": "red"}]}
-  blue_square = dict(colors, include=[{"class": "square", "count": 1, "color": "blue"}])
-  images = np.stack([shapes.render(shapes.scene_from_metadata(m, rng), 32)
-                     for m in (single, colors, blue_square, single)])
+  single, colors = _SINGLE, _COLORS
+  images = _renders(single, colors, _BLUE_SQUARE, single)
   # Image 2 (a blue square) is scored against "a red square": the scorer rejects it.
   labels = [("correct", "correct"), ("correct", "correct"), ("correct", "incorrect"),
             ("incorrect", "incorrect")]

@@ -58,11 +58,12 @@ FRESH_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreeme
 LONG_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement_long")
 GPU_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement_gpu")
 GPU2_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement_gpu2")
+GPU3_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement_gpu3")
 # Names `--agreement_fixture` accepts besides a path. Only the first fixture served design in
 # halves; the others are scored whole (--split=all).
 FIXTURES = {"default": DEFAULT_FIXTURE, "fresh": FRESH_FIXTURE, "long": LONG_FIXTURE,
-            "gpu": GPU_FIXTURE, "gpu2": GPU2_FIXTURE}
-UNSPLIT_FIXTURES = (FRESH_FIXTURE, LONG_FIXTURE, GPU_FIXTURE, GPU2_FIXTURE)
+            "gpu": GPU_FIXTURE, "gpu2": GPU2_FIXTURE, "gpu3": GPU3_FIXTURE}
+UNSPLIT_FIXTURES = (FRESH_FIXTURE, LONG_FIXTURE, GPU_FIXTURE, GPU2_FIXTURE, GPU3_FIXTURE)
 LABELS = ("correct", "incorrect")
 SPLITS = ("dev", "test", "all")
 

@@ -22,8 +22,9 @@ isolated, resumable and can go side by side, one GPU each with `--gpus`):
            (`mdd.data.prompts.PROMPT_SETS`), next to `main`.
 Every evaluation result lands in DIR/ablate.json (rewritten atomically after each run, so a
 killed ablation resumes where it stopped); `--report` turns it into markdown tables and PNG
-plots, one section per JSON given, and every ShapeGenEval records its scorer version. Seeds are training seeds: each seed is its own trained denoiser, and ShapeGenEval uses
-the same prompt seeds for all of them, so the spread is the spread over training runs.
+plots, one section per JSON given, and every ShapeGenEval records its scorer version. Seeds are
+training seeds: each seed is its own trained denoiser, and ShapeGenEval uses the same prompt
+seeds for all of them, so the spread is the spread over training runs.
 """
 
 from __future__ import annotations

@@ -47,7 +47,8 @@ CURRENT_RESULTS: tuple[Headline, ...] = (
               "docs/runs/shapes_tiny_v5_rescore_2026-12-05.json",
               "docs/runs/shapes_tiny_grain_v4_2026-12-05.json",
               "docs/runs/shapes_tiny_v3_2026-12-05.json",
-              "docs/runs/shapes_tiny_2026-12-05.json", "docs/runs/shapes_tiny_2026-11-29_s12.json")),
+              "docs/runs/shapes_tiny_2026-12-05.json",
+              "docs/runs/shapes_tiny_2026-11-29_s12.json")),
     Headline("ShapeGenEval's agreement with a person (1158 generated images of three CPU and "
              "four GPU models, labelled by eye, `mdd/eval/shapes_geneval/AGREEMENT.md`)",
              "v5 on the GPU config's images, which no version was designed on: **88.2%** on the "
@@ -103,7 +104,7 @@ CURRENT_RESULTS: tuple[Headline, ...] = (
     Headline("CE vs soft GCE at 2^16 codes, equal steps, 3 training seeds each "
              "(ShapeGenEval v1)",
              "0.056 ± 0.017 (CE) vs **0.107 ± 0.015** (GCE); token accuracy indistinguishable "
-             "(section 1 below)",
+             "(the small-denoiser ablation below)",
              "4 x H200, jax 0.11.2",
              ("docs/results/ablate_h200_v16.json",)),
     Headline("Fused GCE kernel, fwd+bwd at N=32K, D=2048, V=2^18, K=16, bf16",
@@ -149,8 +150,8 @@ ABLATION_NOTES = {
         "- GCE scores above CE at every checkpoint: 0.256 vs 0.137 at 1000 steps, 0.642 ± "
         "0.032 vs 0.598 ± 0.060 at 3000. It reaches CE's final score at about 2185 steps "
         "(interpolated), 0.73× of CE's (the paper's claim is ≤ 0.7×). With two seeds and CE's "
-        "seeds 0.085 apart, the final gap of 0.044 is about one CE standard deviation: the direction is "
-        "consistent, the size is not settled.\n"
+        "seeds 0.085 apart, the final gap of 0.044 is about one CE standard deviation: the "
+        "direction is consistent, the size is not settled.\n"
         "- Held-out masked accuracy does not separate the losses (0.874 vs 0.875); group "
         "accuracy does, slightly (0.882 vs 0.886), and GCE reaches each masked-accuracy level "
         "about 250 steps earlier.\n"
@@ -597,7 +598,8 @@ def ablation_section(results: dict, source: str, png_stem: str) -> list[str]:
   if _evals(results, "policy"):
     parts += ["### Unmask policies and guidance (16 steps)", "",
               simple_table(results, "policy"), ""]
-  best = f"Best setting of the sampler and policy studies: `{results.get('heldout_setting', '-')}`"
+  best = ("Best setting of the sampler and policy studies: "
+          f"`{results.get('heldout_setting', '-')}`")
   sets_table = prompt_sets_table(results)
   if sets_table:
     parts += ["### Prompts the settings were not chosen on", "",

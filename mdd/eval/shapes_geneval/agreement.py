@@ -22,14 +22,16 @@ A second fixture, `tests/fixtures/shapes_geneval_agreement_fresh.{npz,jsonl}`, s
 `--agreement_fixture=fresh`, holds images of another training run, labelled blind after the scorer
 was designed. It has no dev half: it is scored whole (`--split=all`). A third,
 `tests/fixtures/shapes_geneval_agreement_long.{npz,jsonl}` (`--agreement_fixture=long`), holds
-images of a better-trained run, labelled blind in the same way, and is scored whole too. A
-fourth, `tests/fixtures/shapes_geneval_agreement_gpu.{npz,jsonl}` (`--agreement_fixture=gpu`),
-holds 64 px images of four GPU-trained models, labelled blind. A fixture whose records carry a
-second person's labels (`second_label`, `second_unclear`) also gets the two people's agreement
-and the scorer's agreement on the images both labelled alike.
+images of a better-trained run, labelled blind in the same way, and is scored whole too.
+Three more, `tests/fixtures/shapes_geneval_agreement_gpu{,2,3}.{npz,jsonl}`
+(`--agreement_fixture=gpu|gpu2|gpu3`), hold 64 px images of four GPU-trained models, no prompt
+in more than one of them, each labelled blind by another person. A fixture whose records carry
+a second person's labels (`second_label`, `second_unclear`) also gets the two people's
+agreement and the scorer's agreement on the images both labelled alike.
 
   python -m mdd.eval.shapes_geneval --agreement [--split=dev|test|all]
-      [--agreement_fixture=default|fresh|long|gpu|PATH] [--out=FILE.json] [--list_disagreements]
+      [--agreement_fixture=default|fresh|long|gpu|gpu2|gpu3|PATH] [--out=FILE.json]
+      [--list_disagreements]
 """
 
 from __future__ import annotations
@@ -54,16 +56,12 @@ from mdd.utils import fileio
 _REPO = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 DEFAULT_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement")
-FRESH_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement_fresh")
-LONG_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement_long")
-GPU_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement_gpu")
-GPU2_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement_gpu2")
-GPU3_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement_gpu3")
-# Names `--agreement_fixture` accepts besides a path. Only the first fixture served design in
-# halves; the others are scored whole (--split=all).
-FIXTURES = {"default": DEFAULT_FIXTURE, "fresh": FRESH_FIXTURE, "long": LONG_FIXTURE,
-            "gpu": GPU_FIXTURE, "gpu2": GPU2_FIXTURE, "gpu3": GPU3_FIXTURE}
-UNSPLIT_FIXTURES = (FRESH_FIXTURE, LONG_FIXTURE, GPU_FIXTURE, GPU2_FIXTURE, GPU3_FIXTURE)
+# Names `--agreement_fixture` accepts besides a path: `default` and the labelled sets after it.
+FIXTURES = {"default": DEFAULT_FIXTURE} | {
+    name: f"{DEFAULT_FIXTURE}_{name}" for name in ("fresh", "long", "gpu", "gpu2", "gpu3")}
+FRESH_FIXTURE = FIXTURES["fresh"]
+# Only the first fixture served design in halves; the others are scored whole (--split=all).
+UNSPLIT_FIXTURES = tuple(path for name, path in FIXTURES.items() if name != "default")
 LABELS = ("correct", "incorrect")
 SPLITS = ("dev", "test", "all")
 
@@ -181,8 +179,7 @@ def evaluate_agreement(images: np.ndarray, records: Sequence[dict],
   unclear = np.array([bool(r.get("unclear", False)) for r in records], bool)
   tags = np.array([r["tag"] for r in records])
   groups = {}
-  for group in ("overall",) + tuple(t for t in palette.TAGS if t in set(tags)):
-    in_group = np.ones(len(records), bool) if group == "overall" else tags == group
+  for group, in_group in _group_masks(tags).items():
     groups[group] = {
         "all": agreement_metrics(decisions[in_group], labels[in_group]),
         "clear": agreement_metrics(decisions[in_group & ~unclear], labels[in_group & ~unclear]),
@@ -200,6 +197,13 @@ def evaluate_agreement(images: np.ndarray, records: Sequence[dict],
     result["second_labeller"] = _second_labeller(decisions, labels, records, tags)
   result["markdown"] = markdown_table(result)
   return result
+
+
+def _group_masks(tags: np.ndarray) -> dict[str, np.ndarray]:
+  """{"overall": all images, tag: that tag's images} for the tags present, in palette order."""
+  masks = {"overall": np.ones(len(tags), bool)}
+  masks.update({tag: tags == tag for tag in palette.TAGS if tag in set(tags)})
+  return masks
 
 
 def cohen_kappa(a: Sequence[bool], b: Sequence[bool]) -> float | None:
@@ -226,9 +230,9 @@ def _second_labeller(decisions: np.ndarray, labels: np.ndarray, records: Sequenc
                        "second_unclear": int(np.sum(unclear2))},
          "scorer_vs_second": agreement_metrics(decisions, second),
          "consensus": {}}
-  for group in ("overall",) + tuple(t for t in palette.TAGS if t in set(tags)):
-    in_group = (np.ones(len(records), bool) if group == "overall" else tags == group) & consensus
-    out["consensus"][group] = agreement_metrics(decisions[in_group], labels[in_group])
+  for group, in_group in _group_masks(tags).items():
+    both = in_group & consensus
+    out["consensus"][group] = agreement_metrics(decisions[both], labels[both])
   return out
 
 
@@ -236,14 +240,17 @@ def _pct(value: float | None) -> str:
   return "–" if value is None else f"{100 * value:.1f}"
 
 
+_TABLE_HEAD = ("| group | images | n | labelled correct | scorer accepts | agreement % (95% CI) "
+               "| precision % | recall % |",
+               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+
+
 def markdown_table(result: dict) -> str:
   """One row per group and subset: counts, agreement (with its 95% interval), precision, recall."""
   split = result.get("split", "all")
   lines = [f"ShapeGenEval agreement with labels by eye (scorer {result['scorer_version']}, "
            f"{'' if split == 'all' else split + ' half, '}{result['num_images']} images)", "",
-           "| group | images | n | labelled correct | scorer accepts | agreement % (95% CI) "
-           "| precision % | recall % |",
-           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+           *_TABLE_HEAD]
   for group, subsets in result["groups"].items():
     for subset, m in subsets.items():
       name = f"**{group}**" if group == "overall" else group
@@ -255,7 +262,7 @@ def markdown_table(result: dict) -> str:
                   f"({_pct(people['agreement'])}%, Cohen's kappa {people['kappa']:.2f}). The "
                   "scorer against the second person, and on the consensus images (both gave "
                   "the same label):", "",
-              lines[2], lines[3],
+              *_TABLE_HEAD,
               _row("**overall**", "vs the second person", second["scorer_vs_second"])]
     for group, m in second["consensus"].items():
       lines.append(_row(f"**{group}**" if group == "overall" else group, "consensus", m))
@@ -277,12 +284,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
       description="ShapeGenEval's agreement with labels given by eye (mdd/eval/shapes_geneval/"
                   "AGREEMENT.md).")
   parser.add_argument("--agreement_fixture", default=DEFAULT_FIXTURE,
-                      help="'default', 'fresh', 'long' or 'gpu' (tests/fixtures/shapes_geneval_"
-                           "agreement_{fresh,long,gpu}, scored with --split=all) or a fixture "
-                           "path without "
-                           "extension "
-                           "(PATH.npz + PATH.jsonl); default: the repository's "
-                           "tests/fixtures/shapes_geneval_agreement")
+                      help=f"one of {', '.join(FIXTURES)} (tests/fixtures/shapes_geneval_"
+                           "agreement[_NAME]; all but default are scored with --split=all) or a "
+                           "fixture path without extension (PATH.npz + PATH.jsonl); default: "
+                           "the repository's tests/fixtures/shapes_geneval_agreement")
   parser.add_argument("--split", default="all", choices=SPLITS,
                       help="dev: the half to design and tune on; test: the held-out half; "
                            "all: both (see split_of)")

@@ -13,16 +13,21 @@ from mdd.data import text as text_lib
 from mdd.data import token_shards
 from mdd.models import tokenizer as tokenizer_lib
 from mdd.train import pretokenize
+import sampling_fixtures
 
 
 @pytest.fixture(scope="module")
 def setup():
+  """A micro tokenizer at random weights (drawn without compiling an init), 11 examples and
+  their expected ids."""
   model = tokenizer_lib.Tokenizer(channels=tokenizer_lib.variant_channels("micro", 8),
                                   z_channels=16, vocab_size=64, code_dim=4)
   source = loader.TokenizedSource(
       loader.ShapeGenSource(num_examples=11, seed=3, split="train", resolution=32),
       text_lib.ByteTokenizer(max_len=16))
-  params = model.init(jax.random.key(0), source[0]["image"][None])["params"]
+  abstract = jax.eval_shape(lambda rng: model.init(rng, source[0]["image"][None])["params"],
+                            jax.random.key(0))
+  params = sampling_fixtures._random_params(abstract, 0)  # pylint: disable=protected-access
   tokenizer = workdir_lib.TrainedTokenizer(model, params)
   expected = tokenizer.encode(np.stack([source[i]["image"] for i in range(11)]))
   return tokenizer, source, expected

@@ -8,11 +8,16 @@ import pytest
 from mdd.models import quantizers
 
 
+def _normal(seed, shape):
+  """Standard normal float32 inputs drawn with NumPy (an eager jax.random draw compiles a
+  sampler per shape, seconds each on CPU)."""
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
 @pytest.mark.parametrize("vocab,block", [(1000, 128), (1000, 1000), (1000, 4096), (257, 7)])
 def test_blockwise_lookup_equals_dense(vocab, block):
-  keys = jax.random.split(jax.random.key(vocab + block), 2)
-  queries = quantizers.l2_normalize(jax.random.normal(keys[0], (300, 8)))
-  codebook = quantizers.l2_normalize(jax.random.normal(keys[1], (vocab, 8)))
+  queries = quantizers.l2_normalize(_normal(vocab + block, (300, 8)))
+  codebook = quantizers.l2_normalize(_normal(vocab + block + 1, (vocab, 8)))
   ids, sims = quantizers.blockwise_nearest(queries, codebook, block)
   np.testing.assert_array_equal(ids, quantizers.dense_nearest(queries, codebook))
   np.testing.assert_allclose(sims, jnp.max(queries @ codebook.T, axis=1), rtol=1e-5)
@@ -36,7 +41,7 @@ def _vq(vocab=64, block=16, **kw):
 
 def test_vq_forward_matches_codes_and_losses():
   vq = _vq()
-  z = jax.random.normal(jax.random.key(0), (2, 3, 5, 12))
+  z = _normal(0, (2, 3, 5, 12))
   params = vq.init(jax.random.key(1), z)
   out, aux = vq.apply(params, z)
   assert out.shape == (2, 3, 5, 6) and aux["ids"].shape == (2, 3, 5)
@@ -53,16 +58,19 @@ def test_vq_forward_matches_codes_and_losses():
 
 
 def test_straight_through_gradients_reach_encoder_and_codebook():
+  """The encoder gets the unquantized gradient; the codebook and in_proj get non-zero ones.
+
+  The three gradients are jitted: the same math, one compile each instead of op-by-op."""
   vq = _vq(entropy_weight=0.1)
-  z = jax.random.normal(jax.random.key(2), (2, 4, 4, 12))
-  params = vq.init(jax.random.key(3), z)
-  target = jax.random.normal(jax.random.key(4), (2, 4, 4, 6))
+  z = _normal(2, (2, 4, 4, 12))
+  params = jax.jit(vq.init)(jax.random.key(3), z)
+  target = _normal(4, (2, 4, 4, 6))
 
   def out_loss(z_in):
     out, _ = vq.apply(params, z_in)
     return jnp.sum(out * target)
 
-  grad_z = jax.grad(out_loss)(z)
+  grad_z = jax.jit(jax.grad(out_loss))(z)
   assert float(jnp.abs(grad_z).min()) >= 0 and float(jnp.abs(grad_z).max()) > 1e-4
   # Straight-through: d out / d enc is the identity, so the gradient w.r.t. z equals the one
   # of out_proj(project(z)) with no quantization at all.
@@ -70,12 +78,12 @@ def test_straight_through_gradients_reach_encoder_and_codebook():
     enc = vq.apply(params, z_in, method=vq.project)
     out = vq.apply(params, enc, method=lambda m, e: m.out_proj(e))
     return jnp.sum(out * target)
-  np.testing.assert_allclose(grad_z, jax.grad(unquantized)(z), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(grad_z, jax.jit(jax.grad(unquantized))(z), rtol=1e-4, atol=1e-6)
 
   def total_loss(p):
     out, aux = vq.apply(p, z)
     return jnp.sum(out * target) + aux["loss"]
-  grads = jax.grad(total_loss)(params)["params"]
+  grads = jax.jit(jax.grad(total_loss))(params)["params"]
   codebook_grad = grads["codebook"].value if hasattr(grads["codebook"], "value") else grads[
       "codebook"]
   assert float(jnp.abs(codebook_grad).max()) > 0  # Codebook loss and entropy reach the codes.
@@ -83,12 +91,12 @@ def test_straight_through_gradients_reach_encoder_and_codebook():
 
 
 def test_restart_moves_only_dead_codes():
-  codebook = jax.random.normal(jax.random.key(5), (10, 4))
+  codebook = _normal(5, (10, 4))
   usage = jnp.asarray([5.0, 0.0, 3.0, 0.01, 2.0, 2.0, 0.0, 9.0, 1.0, 1.0])
-  encodings = quantizers.l2_normalize(jax.random.normal(jax.random.key(6), (7, 4)))
+  encodings = quantizers.l2_normalize(_normal(6, (7, 4)))
   priority = jnp.asarray([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
-  new, new_usage, dead = quantizers.restart_dead_codes(codebook, usage, encodings,
-                                                       jax.random.key(7), 0.5, priority)
+  new, new_usage, dead = jax.jit(quantizers.restart_dead_codes)(
+      codebook, usage, encodings, jax.random.key(7), 0.5, priority)
   np.testing.assert_array_equal(dead, usage < 0.5)
   np.testing.assert_array_equal(new[~dead], codebook[~dead])
   # With all priority on encoding 3, every restarted code points (up to jitter) at it.
@@ -120,7 +128,7 @@ def test_fsq_ids_digits_codes_roundtrip(levels):
 def test_fsq_quantizes_onto_the_lattice_with_straight_through():
   levels = (8, 5, 3)
   fsq = quantizers.FiniteScalarQuantizer(levels, out_features=4)
-  z = 3 * jax.random.normal(jax.random.key(8), (2, 6, 6, 10))
+  z = 3 * _normal(8, (2, 8, 8, 10))  # 128 tokens: enough to reach every level.
   params = fsq.init(jax.random.key(9), z)
   assert fsq.vocab_size == 120
   out, aux = fsq.apply(params, z)
@@ -135,7 +143,7 @@ def test_fsq_quantizes_onto_the_lattice_with_straight_through():
   digits = quantizers.fsq_ids_to_digits(np.asarray(ids).reshape(-1), levels)
   for dim, level in enumerate(levels):
     assert set(np.unique(digits[:, dim])) == set(range(level))
-  grad = jax.grad(lambda x: jnp.sum(fsq.apply(params, x)[0]))(z)
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(fsq.apply(params, x)[0])))(z)
   assert float(jnp.abs(grad).max()) > 1e-4
 
 

@@ -40,7 +40,7 @@ def _save(directory, step, state):
   manager.close()
 
 
-def _random_params(abstract, seed: int):
+def random_params(abstract, seed: int):
   """Parameters of the shapes (and logical boxes) of `abstract`, drawn with NumPy: norm scales
   1, biases 0, kernels normal / sqrt(fan-in), tables normal. No init program to compile (each
   model's takes seconds on CPU) and varied enough that different tokens decode to different
@@ -62,6 +62,15 @@ def _random_params(abstract, seed: int):
   return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
+def random_init(module, *args, seed: int = 0, **kwargs):
+  """`module.init(key, *args, **kwargs)["params"]` in shape and logical boxes, drawn by
+  `random_params`: for tests that need some weights, not the initialisers' (whose eager or
+  jitted init costs seconds of compile per model on CPU)."""
+  abstract = jax.eval_shape(lambda key: module.init(key, *args, **kwargs)["params"],
+                            jax.random.key(0))
+  return random_params(abstract, seed)
+
+
 def make_workdir(root, config) -> str:
   """Writes an untrained run of `config` at `root` (tokenizer step 1, denoiser step 2); returns
   the folder. The denoiser's EMA differs from its raw parameters, so loading the wrong subtree
@@ -70,7 +79,7 @@ def make_workdir(root, config) -> str:
   fileio.makedirs(run.tokenizer_dir)
   height, width = workdir_lib.image_hw(config.data)
   model = tokenizer_lib.tokenizer_from_config(config.tokenizer)
-  tok_params = _random_params(jax.eval_shape(lambda rng: model.init(
+  tok_params = random_params(jax.eval_shape(lambda rng: model.init(
       rng, jnp.zeros((1, height, width, 3), jnp.uint8))["params"], jax.random.key(1)), 1)
   _save(run.checkpoints_dir("tokenizer"), 1,
         {"generator": {"params": tok_params, "ema_params": tok_params}})
@@ -83,7 +92,7 @@ def make_workdir(root, config) -> str:
   fileio.write_json_atomic(run.tokenizer_config_file, json.loads(config.to_json_best_effort()))
   system = run.denoiser_system(config)
   abstract = jax.eval_shape(system.init_params, jax.random.key(2))
-  _save(run.checkpoints_dir("denoiser"), 2, {"params": _random_params(abstract, 2),
-                                             "ema_params": _random_params(abstract, 3)})
+  _save(run.checkpoints_dir("denoiser"), 2, {"params": random_params(abstract, 2),
+                                             "ema_params": random_params(abstract, 3)})
   run.save_run_config(config)
   return run.root

@@ -44,7 +44,7 @@ def test_params_land_in_their_training_shardings(run):
                                                              head.shape[1] // 2)}
   # The EMA copy, not the raw parameters.
   abstract = jax.eval_shape(gen.system.init_params, jax.random.key(0))
-  ema = nn.unbox(sampling_fixtures._random_params(abstract, 3))  # pylint: disable=protected-access
+  ema = nn.unbox(sampling_fixtures.random_params(abstract, 3))
   np.testing.assert_array_equal(np.asarray(head), ema["denoiser"]["head"]["kernel"])
 
 

@@ -25,9 +25,7 @@ def setup():
   source = loader.TokenizedSource(
       loader.ShapeGenSource(num_examples=11, seed=3, split="train", resolution=32),
       text_lib.ByteTokenizer(max_len=16))
-  abstract = jax.eval_shape(lambda rng: model.init(rng, source[0]["image"][None])["params"],
-                            jax.random.key(0))
-  params = sampling_fixtures._random_params(abstract, 0)  # pylint: disable=protected-access
+  params = sampling_fixtures.random_init(model, source[0]["image"][None])
   tokenizer = workdir_lib.TrainedTokenizer(model, params)
   expected = tokenizer.encode(np.stack([source[i]["image"] for i in range(11)]))
   return tokenizer, source, expected

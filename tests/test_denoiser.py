@@ -34,9 +34,23 @@ def _perturb_head(params):
   everything they should."""
   for i, name in enumerate(("head", "cond_out")):
     kernel = params[name]["kernel"]
-    new = jax.random.normal(jax.random.key(9 + i), kernel.value.shape) * 0.1
-    params[name]["kernel"] = kernel.replace_boxed(new)
+    new = np.random.default_rng(9 + i).normal(size=kernel.value.shape) * 0.1
+    params[name]["kernel"] = kernel.replace_boxed(jnp.asarray(new, jnp.float32))
   return params
+
+
+def _init(model, seed):
+  """`init_params` jitted: one compile instead of op-by-op initialisers."""
+  return jax.jit(lambda rng: denoiser_lib.init_params(model, rng, text_dim=8))(
+      jax.random.key(seed))
+
+
+@pytest.fixture(scope="module")
+def perturbed():
+  """`_model()` and its initial parameters with the head and conditioning output randomised;
+  shared by the tests that only read them."""
+  model = _model()
+  return model, _perturb_head(_init(model, 0))
 
 
 def _check_head_contract(model, params, grids):
@@ -55,17 +69,15 @@ def _check_head_contract(model, params, grids):
     assert float(jnp.max(jnp.abs(logits[:, 0, 0] - logits[:, 0, 1]))) > 1e-4
 
 
-def test_grid_sizes_aspect_ratios_and_hidden_head_contract():
-  model = _model()
-  params = _perturb_head(denoiser_lib.init_params(model, jax.random.key(0), text_dim=8))
+def test_grid_sizes_aspect_ratios_and_hidden_head_contract(perturbed):
+  model, params = perturbed
   _check_head_contract(model, params, [(4, 3), (2, 8)])
 
 
-def test_conditioning_inputs_matter_and_null_text_ignores_text():
-  model = _model()
-  params = _perturb_head(denoiser_lib.init_params(model, jax.random.key(1), text_dim=8))
+def test_conditioning_inputs_matter_and_null_text_ignores_text(perturbed):
+  model, params = perturbed
   tokens, text, mask, ratio = _inputs()
-  f = lambda *a, **k: model.apply({"params": params}, *a, **k)
+  f = jax.jit(lambda *a, **k: model.apply({"params": params}, *a, **k))
   base = f(tokens, text, mask, ratio)
   other_text = text + 1.0
   assert float(jnp.max(jnp.abs(f(tokens, other_text, mask, ratio) - base))) > 1e-4
@@ -84,13 +96,12 @@ def test_conditioning_inputs_matter_and_null_text_ignores_text():
 
 def test_micro_conditions_and_bad_inputs():
   model = _model(num_micro_conds=2)
-  params = _perturb_head(denoiser_lib.init_params(model, jax.random.key(2), text_dim=8))
+  params = _perturb_head(_init(model, 2))
   tokens, text, mask, ratio = _inputs()
   micro = jnp.asarray([[256.0, 1.0], [512.0, 0.5]])
-  h1 = model.apply({"params": params}, tokens, text, mask, ratio, micro_conds=micro,
-                   return_hidden=True)
-  h2 = model.apply({"params": params}, tokens, text, mask, ratio, micro_conds=micro[::-1],
-                   return_hidden=True)
+  hidden = jax.jit(lambda m: model.apply({"params": params}, tokens, text, mask, ratio,
+                                         micro_conds=m, return_hidden=True))
+  h1, h2 = hidden(micro), hidden(micro[::-1])
   assert float(jnp.max(jnp.abs(h1[0] - h2[0]))) > 1e-4
   with pytest.raises(ValueError, match="micro_conds"):
     model.apply({"params": params}, tokens, text, mask, ratio)
@@ -238,7 +249,8 @@ def test_token_embedding_gradient_is_a_float32_scatter():
   gradient is a float32 scatter-add (a bfloat16 one dominated the H200 step time)."""
   tokens, text, mask, ratio = _inputs()
   model = _model(dtype=jnp.bfloat16)
-  params = denoiser_lib.init_params(model, jax.random.key(0), text_dim=8)
+  # Lowering needs only the parameters' shapes.
+  params = jax.eval_shape(lambda: denoiser_lib.init_params(model, jax.random.key(0), text_dim=8))
   loss = lambda p: jnp.sum(model.apply({"params": p}, tokens, text, mask, ratio,
                                        return_hidden=True).astype(jnp.float32) ** 2)
   hlo = jax.jit(jax.grad(loss)).lower(params).as_text()
@@ -250,7 +262,7 @@ def test_token_embedding_gradient_is_a_float32_scatter():
 def test_variant_shape_overrides():
   model = denoiser_lib.Denoiser.from_variant("mu", 64, depth=6, width=0, mlp_dim=256)
   assert (model.width, model.depth, model.num_heads, model.mlp_dim) == (128, 6, 4, 256)
-  params = denoiser_lib.init_params(model, jax.random.key(0), text_dim=8)
+  params = jax.eval_shape(lambda: denoiser_lib.init_params(model, jax.random.key(0), text_dim=8))
   assert sorted(k for k in params if k.startswith("block_")) == [f"block_{i}" for i in range(6)]
 
 

@@ -20,6 +20,14 @@ from mdd import workdir as workdir_lib
 from mdd.objectives import neighbours as neighbours_lib
 from mdd.utils import checkpoints
 from mdd.utils import sharding
+import sampling_fixtures
+
+
+def _some_params(system):
+  """`system.init_params`'s tree (logical boxes included) with values drawn by NumPy: loading
+  and checking checkpoints needs some finite weights, not a compiled init (seconds per config)."""
+  return jax.tree.map(jnp.asarray, sampling_fixtures.random_params(
+      jax.eval_shape(system.init_params, jax.random.key(0)), 0))
 
 
 def test_paths_live_under_the_root(tmp_path):
@@ -94,7 +102,7 @@ def test_sampling_refuses_non_finite_weights(tmp_path):
   table = neighbours_lib.NeighbourTable(np.arange(vocab, dtype=np.int32)[:, None],
                                         np.ones((vocab, 1), np.float32))
   system = run.denoiser_system(config, table)
-  params = jax.jit(system.init_params)(jax.random.key(0))
+  params = _some_params(system)
   poisoned = jax.tree.map(lambda x: x, params)
   leaf = jax.tree.leaves(poisoned)[0]
   poisoned = jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan) if x is leaf else x,
@@ -117,7 +125,7 @@ def _denoiser_run(root, config, vocab):
   table = neighbours_lib.NeighbourTable(np.arange(vocab, dtype=np.int32)[:, None],
                                         np.ones((vocab, 1), np.float32))
   system = run.denoiser_system(config, table)
-  params = jax.jit(system.init_params)(jax.random.key(0))
+  params = _some_params(system)
   ema = jax.tree.map(lambda x: x + 1, params)
   manager = checkpoints.manager(run.checkpoints_dir("denoiser"), async_save=False)
   manager.save(5, args=ocp.args.StandardSave({"params": params, "ema_params": ema}))

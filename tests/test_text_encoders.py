@@ -26,6 +26,7 @@ import pytest
 from mdd.data import text as text_lib
 from mdd.models import text as te
 from mdd.models.text import t5 as t5_lib
+import sampling_fixtures
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -240,7 +241,7 @@ def test_byte_encoder_ignores_padding_and_reads_text():
   ids, lengths = batch["text_ids"], batch["text_len"]
   mask = np.arange(16)[None] < lengths[:, None]
   enc = te.ByteEncoder(width=32, depth=1, num_heads=2, mlp_dim=48)
-  params = enc.init(jax.random.key(0), ids, mask)["params"]
+  params = sampling_fixtures.random_init(enc, ids, mask)  # No init to compile.
   apply = jax.jit(enc.apply)
   out, out_mask = apply({"params": params}, ids, mask)
   assert out.shape == (3, 16, 32) and np.all(np.isfinite(out))
@@ -301,12 +302,13 @@ def test_word_encoder_reads_words_not_padding():
   cfg = ml_collections.ConfigDict(dict(kind="word", max_len=32, width=32, depth=1, num_heads=2,
                                        mlp_dim=48, num_buckets=64, max_words=8))
   enc = te.text_encoder_from_config(cfg)
-  params = enc.init(jax.random.key(0), ids, mask)["params"]
-  out, word_mask = jax.jit(enc.apply)({"params": params}, ids, mask)
+  params = sampling_fixtures.random_init(enc, ids, mask)  # No init to compile.
+  apply = jax.jit(enc.apply)
+  out, word_mask = apply({"params": params}, ids, mask)
   assert out.shape == (3, 8, 32) and np.all(np.isfinite(out))
   assert word_mask.sum(axis=1).tolist() == [4, 4, 1]
   noisy = np.where(mask, ids, 77)  # Bytes past the text change nothing.
-  np.testing.assert_allclose(enc.apply({"params": params}, noisy, mask)[0][word_mask],
+  np.testing.assert_allclose(apply({"params": params}, noisy, mask)[0][word_mask],
                              out[word_mask], rtol=1e-5, atol=1e-5)
   assert float(jnp.max(jnp.abs(out[0, 1] - out[1, 1]))) > 1e-3  # "red" vs "blue".
   for bad in (dict(max_words=1), dict(num_buckets=0)):

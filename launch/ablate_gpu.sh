@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The paper's claims on the GPU config (configs/shapes_gpu.py, 64 px) on one GPU host, in
-# time-limited pieces: every piece stops by SIGTERM before LIMIT seconds (the trainings save a
-# checkpoint) and the same command resumes it, on the same machine, where it stopped.
+# time-limited pieces: every piece gets SIGTERM at LIMIT seconds, the ablation waits up to
+# 60 s more for its trainings to save a checkpoint, and the same command resumes it, on the
+# same machine, where it stopped. Give each piece LIMIT + 90 s (the archive of what it scored).
 #
 #   bash launch/ablate_gpu.sh loss LIMIT      # CE vs GCE (+ce_mix), 2 training seeds,
 #                                             # ShapeGenEval every GENEVAL_EVERY steps
@@ -31,16 +32,17 @@ args=(--config="$CONFIG" --workdir="$WD" --seeds="$SEEDS"
       --eval_batch_size="${EVAL_BATCH:-64}" --set "denoiser_train.num_steps=${STEPS}")
 case "$phase" in
   loss)
-    # timeout signals the whole process group: the ablation and every training under it.
-    timeout -s TERM -k 30 "$limit" python -m mdd.experiments.ablate "${args[@]}" \
+    # timeout signals the whole process group: the ablation and every training under it;
+    # the ablation exits once its trainings have saved.
+    timeout -s TERM -k 60 "$limit" python -m mdd.experiments.ablate "${args[@]}" \
         --studies=loss --loss_variants=ce,gce_soft_ce_mix --geneval_every="$GENEVAL_EVERY"
     ;;
   sampler)
-    timeout -s TERM -k 30 "$limit" python -m mdd.experiments.ablate "${args[@]}" \
+    timeout -s TERM -k 60 "$limit" python -m mdd.experiments.ablate "${args[@]}" \
         --studies=sampler,heldout --only="$SAMPLER_ONLY"
     ;;
   editing)
-    timeout -s TERM -k 30 "$limit" python -m mdd.experiments.ablate "${args[@]}" \
+    timeout -s TERM -k 60 "$limit" python -m mdd.experiments.ablate "${args[@]}" \
         --studies=loss,sampler,heldout --loss_variants=gce_soft_ce_mix \
         --geneval_every="$STEPS" --only="$SAMPLER_ONLY"
     ;;

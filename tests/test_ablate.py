@@ -2,7 +2,10 @@
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -105,6 +108,43 @@ def test_runner_spreads_gpus_and_reports_failures(tmp_path):
   # Two slots, two GPUs: the two jobs that run together get different GPUs.
   logs = {open(tmp_path / f"{n}.log").read().strip().splitlines()[-1] for n in ("a", "b")}
   assert logs == {"GPU 0", "GPU 1"}
+
+
+_TRAINING_LIKE = """
+import os, signal, sys, time
+def on_term(signum, frame):
+  time.sleep(1.0)  # a checkpoint being written
+  open(sys.argv[1], "w").write("saved")
+  raise SystemExit(143)
+signal.signal(signal.SIGTERM, on_term)
+open(sys.argv[1] + ".started", "w").close()
+time.sleep(60)
+"""
+
+_RUNNER_PARENT = """
+import sys
+from mdd.experiments import ablate
+runner = ablate.Runner(parallel=2, gpus=0, logdir=sys.argv[1])
+child = [sys.executable, "-c", sys.argv[2]]
+runner.run_all([(n, child + [sys.argv[1] + "/" + n]) for n in ("a", "b", "queued")])
+"""
+
+
+def test_runner_on_sigterm_waits_for_its_commands_to_save_and_starts_no_more(tmp_path):
+  """A time limit's SIGTERM to the runner alone: the running commands get it too and finish
+  their checkpoint before the runner exits (143); the queued command never starts."""
+  parent = subprocess.Popen([sys.executable, "-c", _RUNNER_PARENT, str(tmp_path), _TRAINING_LIKE],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 60
+  while not all((tmp_path / f"{n}.started").exists() for n in ("a", "b")):
+    assert time.time() < deadline and parent.poll() is None, parent.communicate()[0]
+    time.sleep(0.1)
+  parent.send_signal(signal.SIGTERM)
+  out = parent.communicate(timeout=60)[0]
+  assert parent.returncode == 143, out
+  assert (tmp_path / "a").read_text() == "saved" and (tmp_path / "b").read_text() == "saved", out
+  assert not (tmp_path / "queued.started").exists(), out
+  assert "stopped by SIGTERM" in out, out
 
 
 def test_report_cli_rejects_missing_json(tmp_path):

@@ -37,8 +37,10 @@ import json
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Sequence
 
@@ -52,6 +54,8 @@ LOSS_VARIANTS: dict[str, dict[str, Any]] = {
     "gce_soft_ce_mix": {"loss.type": "gce", "loss.mode": "soft", "loss.ce_mix": 0.1},
 }
 NO_EDIT = {"edit_threshold": 1.0, "num_edit_passes": 0}
+# The status of a command the runner never started because it was stopping.
+STOPPED = -1
 STEPS = (4, 8, 16, 32, 64)
 
 
@@ -92,11 +96,28 @@ def _main_cmd(config: str, workdir: str, overrides: dict[str, Any]) -> list[str]
 
 
 class Runner:
-  """Runs commands, at most `parallel` at a time, GPUs handed out round-robin by slot."""
+  """Runs commands, at most `parallel` at a time, GPUs handed out round-robin by slot.
+
+  SIGTERM (a time limit's `timeout`, a scheduler's preemption) stops it gracefully: no new
+  command starts, the running ones get SIGTERM too (a training saves its checkpoint on it) and
+  are waited for, then the runner exits with 143. Exiting at once would leave the trainings
+  saving with no parent, and whoever sent the signal (a job's end, `timeout -k`) may kill them
+  before their checkpoint is complete.
+  """
 
   def __init__(self, parallel: int, gpus: int, logdir: str):
     self.parallel, self.gpus, self.logdir = max(1, parallel), gpus, logdir
     os.makedirs(logdir, exist_ok=True)
+    self._stopping = threading.Event()
+    self._running: dict[str, subprocess.Popen] = {}
+    self._lock = threading.Lock()
+
+  def _on_sigterm(self, signum, frame):  # pylint: disable=unused-argument
+    self._stopping.set()
+    with self._lock:
+      for proc in self._running.values():
+        if proc.poll() is None:
+          proc.send_signal(signal.SIGTERM)
 
   def run_all(self, jobs: list[tuple[str, list[str]]], on_done=None) -> dict[str, int]:
     """jobs: (name, argv); returns name -> exit status. Logs go to LOGDIR/<name>.log.
@@ -113,6 +134,8 @@ class Runner:
       name, argv = job
       slot = free.get()
       try:
+        if self._stopping.is_set():
+          return STOPPED
         env = dict(os.environ)
         if self.gpus:
           env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
@@ -123,21 +146,38 @@ class Runner:
         with open(os.path.join(self.logdir, name.replace("/", "_") + ".log"), "a") as log:
           log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n")
           log.flush()
-          status = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                  check=False).returncode
+          with self._lock:
+            if self._stopping.is_set():
+              return STOPPED
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self._running[name] = proc
+          status = proc.wait()
+          with self._lock:
+            del self._running[name]
         print(f"[ablate] {name}: exit {status} in {time.time() - start:.0f}s", flush=True)
         return status
       finally:
         free.put(slot)
 
-    with concurrent.futures.ThreadPoolExecutor(self.parallel) as pool:
-      futures = {pool.submit(run_one, job): job[0] for job in jobs}
-      statuses = {}
-      for future in concurrent.futures.as_completed(futures):
-        statuses[futures[future]] = future.result()
-        if on_done is not None:
-          on_done(futures[future], statuses[futures[future]])
-      return statuses
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, self._on_sigterm) if main_thread else None
+    try:
+      with concurrent.futures.ThreadPoolExecutor(self.parallel) as pool:
+        futures = {pool.submit(run_one, job): job[0] for job in jobs}
+        statuses = {}
+        for future in concurrent.futures.as_completed(futures):
+          statuses[futures[future]] = future.result()
+          if on_done is not None and statuses[futures[future]] != STOPPED:
+            on_done(futures[future], statuses[futures[future]])
+    finally:
+      if main_thread:
+        signal.signal(signal.SIGTERM, previous)
+    if self._stopping.is_set():
+      print(f"[ablate] stopped by SIGTERM; the running commands ended first "
+            f"({', '.join(f'{n}: {statuses[n]}' for n in statuses if statuses[n] != STOPPED)});"
+            " the same command resumes", flush=True)
+      raise SystemExit(128 + signal.SIGTERM)
+    return statuses
 
 
 def _link_base(run_dir: str, base: str):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mdd.models import layers
+import sampling_fixtures
 
 
 def test_rmsnorm_matches_numpy():
@@ -97,7 +98,8 @@ def test_transformer_block_runs_in_bf16_close_to_fp32():
   mask = jnp.ones((2, 4), bool)
   pos = layers.grid_positions(3, 4)
   f32 = layers.TransformerBlock(num_heads=2, head_dim=16, mlp_dim=64, cross_attention=True)
-  params = f32.init(jax.random.key(0), x, pos, ctx, mask)["params"]
+  # NumPy-drawn weights of the init's shapes and logical names: no init program to run.
+  params = sampling_fixtures.random_init(f32, x, pos, ctx, mask)
   out32 = jax.jit(f32.apply)({"params": params}, x, pos, ctx, mask)
   bf16 = f32.clone(dtype=jnp.bfloat16)
   out16 = jax.jit(bf16.apply)({"params": params}, x.astype(jnp.bfloat16), pos, ctx, mask)

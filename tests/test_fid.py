@@ -22,6 +22,7 @@ from PIL import Image
 
 from mdd.eval import fid
 from mdd.eval import inception
+import sampling_fixtures
 
 
 def _random_spd(rng, dim, rank=None):
@@ -252,7 +253,11 @@ def test_pools_match_tensorflow_semantics():
   # The last E block max-pools its pool branch (pytorch-fid's FIDInceptionE_2).
   block = inception.InceptionE(max_pool_branch=True)
   x = jnp.asarray(rng.normal(size=(1, 4, 4, 8)).astype(np.float32))
-  variables = block.init(jax.random.key(0), x)
+  # Some weights of the block's shapes (only its pool branch's input is checked): no init to run.
+  abstract = jax.eval_shape(block.init, jax.random.key(0), x)
+  variables = {"params": sampling_fixtures.random_params(abstract["params"], 0),
+               "batch_stats": jax.tree.map(lambda a: np.ones(a.shape, a.dtype),
+                                           abstract["batch_stats"])}
   captured = {}
 
   def spy(next_fun, args, kwargs, context):

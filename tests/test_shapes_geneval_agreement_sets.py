@@ -1,9 +1,10 @@
 """The blind-labelled ShapeGenEval agreement sets beyond the first (`fresh`, `long`,
-`gpu`, `gpu2`, `gpu3`): their integrity, and that the CLI scores each whole.
+`gpu`, `gpu2`, `gpu3`, `gpu4`): their integrity, and that the CLI scores each whole.
 
 Each set (tests/fixtures/shapes_geneval_agreement_<name>.{npz,jsonl}, see AGREEMENT.md) holds
 images of models no other set draws from (one CPU-trained model for `fresh` and `long`; four
-GPU-trained ones for the three `gpu` sets, which share no prompt), labelled blind; `long` also
+GPU-trained ones for the three first `gpu` sets, which share no prompt; two later ones under
+six sampler settings for `gpu4`), labelled blind; `long` also
 carries a second person's labels. The measured agreement lives in
 docs/runs/shapes_geneval_agreement_*_<name>.json; the tests only ask for a floor far below it,
 so that they break when scoring breaks, not when the scorer changes.
@@ -23,10 +24,14 @@ from mdd.eval.shapes_geneval import agreement
 
 # The four GPU-config models the GPU sets draw from, each set on prompts the others do not use.
 _GPU_RUNS = {f"gpu_{loss}_s{seed}_step2000" for loss in ("ce", "gce") for seed in (0, 1)}
+# The two step-3000 models of the token-editing study under six sampler settings.
+_GPU4_RUNS = {"gpu_gce_s0_step3000_config", "gpu_gce_s1_step3000_config"} | {
+    f"gpu_gce_s0_step3000_{s}" for s in ("edit_16steps", "edit_8steps", "no_edit_32steps",
+                                        "remdm_32steps")}
 # name -> (runs the images come from, images, images per tag, image side)
 SETS = {"fresh": ({"cpu_default_grain"}, 150, 25, 32), "long": ({"cpu_long"}, 180, 30, 32),
         "gpu": (_GPU_RUNS, 180, 30, 64), "gpu2": (_GPU_RUNS, 180, 30, 64),
-        "gpu3": (_GPU_RUNS, 144, 24, 64)}
+        "gpu3": (_GPU_RUNS, 144, 24, 64), "gpu4": (_GPU4_RUNS, 144, 24, 64)}
 _GPU_SETS = ("gpu", "gpu2", "gpu3")
 
 

@@ -106,11 +106,10 @@ def _rounded_square(side, corner, bulge=0.0, aspect=1.0, cx=0.5, cy=0.5):
   return [(cx + x, cy + y) for x, y in points]
 
 
-def test_the_result_names_scorer_v5():
-  assert sg.SCORER_VERSION == "v5"
+def test_the_result_names_the_scorer_and_its_settings():
   images, records = agreement.load_fixture(agreement.FRESH_FIXTURE)
   result = agreement.evaluate_agreement(images[:2], records[:2])
-  assert result["scorer_version"] == "v5"
+  assert result["scorer_version"] == sg.SCORER_VERSION
   assert result["scorer"]["max_deviation_square"] == sg.ScorerSettings().max_deviation_square
 
 

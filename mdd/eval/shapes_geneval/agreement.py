@@ -25,12 +25,13 @@ was designed. It has no dev half: it is scored whole (`--split=all`). A third,
 images of a better-trained run, labelled blind in the same way, and is scored whole too.
 Three more, `tests/fixtures/shapes_geneval_agreement_gpu{,2,3}.{npz,jsonl}`
 (`--agreement_fixture=gpu|gpu2|gpu3`), hold 64 px images of four GPU-trained models, no prompt
-in more than one of them, each labelled blind by another person. A fixture whose records carry
+in more than one of them, each labelled blind by another person; `gpu4` holds 64 px images of
+two later GPU models under several sampler settings, labelled blind after v6 was designed. A fixture whose records carry
 a second person's labels (`second_label`, `second_unclear`) also gets the two people's
 agreement and the scorer's agreement on the images both labelled alike.
 
   python -m mdd.eval.shapes_geneval --agreement [--split=dev|test|all]
-      [--agreement_fixture=default|fresh|long|gpu|gpu2|gpu3|PATH] [--out=FILE.json]
+      [--agreement_fixture=default|fresh|long|gpu|gpu2|gpu3|gpu4|PATH] [--out=FILE.json]
       [--list_disagreements]
 """
 
@@ -58,7 +59,8 @@ _REPO = os.path.dirname(
 DEFAULT_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agreement")
 # Names `--agreement_fixture` accepts besides a path: `default` and the labelled sets after it.
 FIXTURES = {"default": DEFAULT_FIXTURE} | {
-    name: f"{DEFAULT_FIXTURE}_{name}" for name in ("fresh", "long", "gpu", "gpu2", "gpu3")}
+    name: f"{DEFAULT_FIXTURE}_{name}" for name in ("fresh", "long", "gpu", "gpu2", "gpu3",
+                                                 "gpu4")}
 FRESH_FIXTURE = FIXTURES["fresh"]
 # Only the first fixture served design in halves; the others are scored whole (--split=all).
 UNSPLIT_FIXTURES = tuple(path for name, path in FIXTURES.items() if name != "default")

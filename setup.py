@@ -28,8 +28,10 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # Builds TFDS datasets and writes TensorBoard summaries on the CPU set-up.
     "tf": ["tensorflow-cpu>=2.16", "tensorboard>=2.16", "importlib_resources"],
-    # gcp-storage-emulator: the local GCS that the remote-workdir tests write to.
-    "test": ["pytest>=8", "scikit-image>=0.22", "gcp-storage-emulator>=2024.8"],
+    # gcp-storage-emulator: the local GCS that the remote-workdir tests write to; pytest-xdist:
+    # the suite runs on two worker processes (pytest.ini).
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-image>=0.22",
+             "gcp-storage-emulator>=2024.8"],
     # Plots of the ablation report (python -m mdd.experiments.ablate --report=...).
     "report": ["matplotlib>=3.8"],
 }

@@ -2,6 +2,7 @@
 parts (refusing corrupt files and non-finite weights)."""
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -250,3 +251,24 @@ def test_sampling_params_of_an_earlier_checkpoint_step(tmp_path):
     assert not np.array_equal(a, c) or not np.asarray(a).any()
   with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 7 .*\[5, 9\]"):
     run.load_denoiser_params(system, config, step=7)
+
+
+def test_an_unreadable_checkpoint_keeps_orbax_s_unawaited_read_errors_off_stderr(tmp_path):
+  """The first failing array read is reported on one line; asyncio's "Task exception was never
+  retrieved" reports of orbax's other failed reads (tracebacks, logged when collected) are
+  dropped, other asyncio reports are not."""
+  def read(step):
+    if step == 2:
+      raise ValueError("DATA_LOSS: truncated")
+    return "ok"
+
+  assert checkpoints.first_readable(str(tmp_path), [2, 1], read, "toy") == ("ok", 1)
+  logger = logging.getLogger("asyncio")
+  messages = ("Task exception was never retrieved\nfuture: <Task finished coro=<async_deserialize"
+              "() done, defined at /env/orbax/checkpoint/_src/serialization.py:392>>",
+              "Task exception was never retrieved\nfuture: <Task finished coro=<mine() done, "
+              "defined at /app/mine.py:1>>",
+              "Unclosed client session")
+  records = [logger.makeRecord("asyncio", logging.ERROR, __file__, 1, m, (), None)
+             for m in messages]
+  assert [bool(logger.filter(r)) for r in records] == [False, True, True]

@@ -12,6 +12,7 @@ orbax marks a finished step with a `commit_success.txt` instead of renaming its 
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any, Callable
@@ -52,6 +53,21 @@ def is_mismatch(error: BaseException) -> bool:
           and ("shape" in text.lower() or "tree structure" in text.lower()))
 
 
+class _UnretrievedReadErrors(logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" reports of orbax's own tasks. A read
+  of an unreadable checkpoint fails in several of orbax's array reads at once; the first error
+  is raised (and reported on one line by `first_readable`), the others end in tasks nobody
+  awaits, which asyncio logs with a traceback when they are collected, at a time that depends on
+  the machine's load."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (message.startswith("Task exception was never retrieved") and "orbax" in message)
+
+
+_UNRETRIEVED_READ_ERRORS = _UnretrievedReadErrors()
+
+
 def first_readable(directory: str, steps: list[int], read: Callable[[int], Any], name: str,
                    on_corrupt: Callable[[int], None] | None = None) -> tuple[Any, int]:
   """`(read(step), step)` for the newest of `steps` that reads; an unreadable one is reported on
@@ -63,6 +79,7 @@ def first_readable(directory: str, steps: list[int], read: Callable[[int], Any],
     except Exception as e:  # pylint: disable=broad-except  (orbax raises bare Exception)
       if is_mismatch(e):
         raise mismatch_error(name, directory, step, e) from None
+      logging.getLogger("asyncio").addFilter(_UNRETRIEVED_READ_ERRORS)  # once: a set
       reason = " ".join(str(e).split())[:160]
       message = (f"mdd: {name}: the checkpoint at step {step} in {directory} is unreadable "
                  f"({type(e).__name__}: {reason}); falling back to an older one")

@@ -79,7 +79,8 @@ def first_readable(directory: str, steps: list[int], read: Callable[[int], Any],
     except Exception as e:  # pylint: disable=broad-except  (orbax raises bare Exception)
       if is_mismatch(e):
         raise mismatch_error(name, directory, step, e) from None
-      logging.getLogger("asyncio").addFilter(_UNRETRIEVED_READ_ERRORS)  # once: a set
+      # addFilter keeps one copy of a filter however often it is added.
+      logging.getLogger("asyncio").addFilter(_UNRETRIEVED_READ_ERRORS)
       reason = " ".join(str(e).split())[:160]
       message = (f"mdd: {name}: the checkpoint at step {step} in {directory} is unreadable "
                  f"({type(e).__name__}: {reason}); falling back to an older one")

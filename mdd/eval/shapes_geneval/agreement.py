@@ -26,9 +26,9 @@ images of a better-trained run, labelled blind in the same way, and is scored wh
 Three more, `tests/fixtures/shapes_geneval_agreement_gpu{,2,3}.{npz,jsonl}`
 (`--agreement_fixture=gpu|gpu2|gpu3`), hold 64 px images of four GPU-trained models, no prompt
 in more than one of them, each labelled blind by another person; `gpu4` holds 64 px images of
-two later GPU models under several sampler settings, labelled blind after v6 was designed. A fixture whose records carry
-a second person's labels (`second_label`, `second_unclear`) also gets the two people's
-agreement and the scorer's agreement on the images both labelled alike.
+two later GPU models under several sampler settings, labelled blind after v6 was designed. A
+fixture whose records carry a second person's labels (`second_label`, `second_unclear`) also
+gets the two people's agreement and the scorer's agreement on the images both labelled alike.
 
   python -m mdd.eval.shapes_geneval --agreement [--split=dev|test|all]
       [--agreement_fixture=default|fresh|long|gpu|gpu2|gpu3|gpu4|PATH] [--out=FILE.json]

@@ -262,6 +262,13 @@ _MOMENT_RAMP = (0.15, 0.85)
 _RENDER_DEVIATION = {"circle": (0.01, 0.2), "square": (0.02, 0.17), "triangle": (0.03, 0.3)}
 
 
+def _render_deviation(shape: str, radius_px: float) -> float:
+  """The RMS outline deviation a degraded render of `shape` shows at that equal-area radius:
+  the unit of `_Outline.deviation`."""
+  a, b = _RENDER_DEVIATION[shape]
+  return a + b / radius_px
+
+
 def _outline_prototypes(shape: str) -> np.ndarray:
   """The radius per direction of an exact shape of area pi about its centroid, in every
   rotation: [_ROTATION_STEPS, _DIRECTIONS_OUTLINE]. Each direction's bin holds the largest
@@ -394,15 +401,13 @@ def _outline(cover: np.ndarray) -> _Outline | None:
   deviation, outline_iou = {}, {}
   # The circle's prototype is the same in every rotation: a radius of 1 in every direction.
   kept = np.sort((profile - 1.0) ** 2)[:_DIRECTIONS_OUTLINE - _ROBUST_IGNORED_DIRECTIONS]
-  robust = float(np.sqrt(kept.mean()) / (_RENDER_DEVIATION["circle"][0]
-                                         + _RENDER_DEVIATION["circle"][1] / radius_px))
+  robust = float(np.sqrt(kept.mean()) / _render_deviation("circle", radius_px))
   for shape, prototypes in _PROTOTYPES.items():
     # Mean squared difference for every rotation at once: (|P|^2 - 2 P.p + |p|^2) / n.
     squared = (_PROTOTYPE_NORMS[shape] - 2 * prototypes @ profile + profile @ profile)
     best = int(np.argmin(squared))
-    a, b = _RENDER_DEVIATION[shape]
     deviation[shape] = float(np.sqrt(max(squared[best], 0.0) / _DIRECTIONS_OUTLINE)
-                             / (a + b / radius_px))
+                             / _render_deviation(shape, radius_px))
     # Areas of star-shaped regions: the sum of squared radii.
     fit = prototypes[best]
     outline_iou[shape] = float((np.minimum(fit, profile) ** 2).sum()

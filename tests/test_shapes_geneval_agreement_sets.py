@@ -1,10 +1,10 @@
 """The blind-labelled ShapeGenEval agreement sets beyond the first (`fresh`, `long`,
-`gpu`, `gpu2`, `gpu3`, `gpu4`): their integrity, and that the CLI scores each whole.
+`gpu`, `gpu2`, `gpu3`, `gpu4`, `gpu5`): their integrity, and that the CLI scores each whole.
 
 Each set (tests/fixtures/shapes_geneval_agreement_<name>.{npz,jsonl}, see AGREEMENT.md) holds
 images of models no other set draws from (one CPU-trained model for `fresh` and `long`; four
 GPU-trained ones for the three first `gpu` sets, which share no prompt; two later ones under
-six sampler settings for `gpu4`), labelled blind; `long` also
+six sampler settings for `gpu4`; a retrained one under six for `gpu5`), labelled blind; `long` also
 carries a second person's labels. The measured agreement lives in
 docs/runs/shapes_geneval_agreement_*_<name>.json; the tests only ask for a floor far below it,
 so that they break when scoring breaks, not when the scorer changes.
@@ -28,10 +28,14 @@ _GPU_RUNS = {f"gpu_{loss}_s{seed}_step2000" for loss in ("ce", "gce") for seed i
 _GPU4_RUNS = {"gpu_gce_s0_step3000_config", "gpu_gce_s1_step3000_config"} | {
     f"gpu_gce_s0_step3000_{s}" for s in ("edit_16steps", "edit_8steps", "no_edit_32steps",
                                         "remdm_32steps")}
+# The token-editing study's seed-1 model, trained again, edits off / on at 8, 32 and 64 steps.
+_GPU5_RUNS = {f"h200_s1_{edits}_at{steps}" for edits in ("no_edit", "edit_t0.5")
+              for steps in (8, 32, 64)}
 # name -> (runs the images come from, images, images per tag, image side)
 SETS = {"fresh": ({"cpu_default_grain"}, 150, 25, 32), "long": ({"cpu_long"}, 180, 30, 32),
         "gpu": (_GPU_RUNS, 180, 30, 64), "gpu2": (_GPU_RUNS, 180, 30, 64),
-        "gpu3": (_GPU_RUNS, 144, 24, 64), "gpu4": (_GPU4_RUNS, 144, 24, 64)}
+        "gpu3": (_GPU_RUNS, 144, 24, 64), "gpu4": (_GPU4_RUNS, 144, 24, 64),
+        "gpu5": (_GPU5_RUNS, 144, 24, 64)}
 _GPU_SETS = ("gpu", "gpu2", "gpu3")
 
 
@@ -57,7 +61,9 @@ def test_fixture_integrity(name):
     assert all(r["metadata"]["tag"] == tag for r in of_tag)
   for r in records:
     assert r["label"] in agreement.LABELS and isinstance(r["unclear"], bool)
-    assert r["prompt"] == r["metadata"]["prompt"] and r["note"]
+    assert r["prompt"] == r["metadata"]["prompt"]
+    # The guide asks for a note "when useful": always for a wrong or doubtful image.
+    assert r["note"] or (r["label"] == "correct" and not r["unclear"]), r
     assert r["run"] in runs
     assert re.fullmatch(r"\d{5}/samples/\d{4}\.png", r["source"]), r["source"]
   # One image per prompt folder, all distinct, and none shared with another set.

@@ -43,12 +43,6 @@ def _circles(image, settings):
   return [d for d in detect_objects(image, settings) if d.shape == "circle"]
 
 
-def test_results_name_v6():
-  images, records = agreement.load_fixture(agreement.FIXTURES["gpu4"])
-  assert sg.SCORER_VERSION == "v6"
-  assert agreement.evaluate_agreement(images[:2], records[:2])["scorer_version"] == "v6"
-
-
 def test_large_circle_with_a_bite_is_a_circle_where_v5_rejected_it():
   image = _paint(_bitten(64, 0.22, 0.1), _RED)  # radius 14 px, a 6 px deep bite
   (v5,) = _circles(image, _V5)

@@ -5,7 +5,11 @@ for colour (all must match) and position; "exactly N" is include N + exclude N+1
 compare box centres after shrinking the offset by 0.1 x (sum of both boxes' sides) per axis, and
 a relation holds when the shrunk offset divided by the raw offset's length is beyond 0.5 along its
 axis. Counting uses a stricter confidence threshold, as GenEval does. Detections that are not a
-single solid object (`Detection.solid`) get no credit, for including and for excluding alike.
+single solid object (`Detection.solid`) get no credit for including. For excluding ("too
+many"), an object whose outline is not a clean shape but which is otherwise an object (one
+colour, not a piece of a blob, mostly against background or objects, `_counts_as_extra`) counts
+as the shape nearest to it: a person counting "three squares" counts a fourth square with a
+tail or a notch too.
 """
 
 from __future__ import annotations
@@ -82,11 +86,21 @@ def evaluate_detections(detections: Sequence[Detection], metadata: dict,
     matched_groups.append(found if matched else None)
   for req in metadata.get("exclude", []):
     classname = req["class"]
-    if len(by_class.get(classname, [])) >= int(req["count"]):
+    counted = len(by_class.get(classname, []))
+    extra = sum(det.shape == classname and _counts_as_extra(det, settings)
+                for det in detections)
+    if counted + extra >= int(req["count"]):
       correct = False
-      reasons.append(f"expected {classname}<{req['count']}, found "
-                     f"{len(by_class[classname])}")
+      rough = f" ({extra} not a clean {classname})" if extra else ""
+      reasons.append(f"expected {classname}<{req['count']}, found {counted + extra}{rough}")
   return correct, "\n".join(reasons)
+
+
+def _counts_as_extra(det: Detection, settings: ScorerSettings) -> bool:
+  """An object that gets no credit only because its outline is not a clean shape: it still
+  makes "too many" of the shape nearest to it (`Detection.shape`)."""
+  return (not det.recognised and det.confidence >= settings.min_confidence
+          and det.contact <= settings.max_contact and det.isolation >= settings.min_isolation)
 
 
 def score_image(image: np.ndarray, metadata: dict,

@@ -4,8 +4,8 @@
 Each set (tests/fixtures/shapes_geneval_agreement_<name>.{npz,jsonl}, see AGREEMENT.md) holds
 images of models no other set draws from (one CPU-trained model for `fresh` and `long`; four
 GPU-trained ones for the three first `gpu` sets, which share no prompt; two later ones under
-six sampler settings for `gpu4`; a retrained one under six for `gpu5`), labelled blind; `long` also
-carries a second person's labels. The measured agreement lives in
+six sampler settings for `gpu4`; a retrained one under six for `gpu5`), labelled blind;
+`long` and `gpu5` also carry a second person's labels. The measured agreement lives in
 docs/runs/shapes_geneval_agreement_*_<name>.json; the tests only ask for a floor far below it,
 so that they break when scoring breaks, not when the scorer changes.
 """
@@ -83,8 +83,12 @@ def test_fixture_integrity(name):
   assert drawn >= len(images) - 1
 
 
-def test_the_long_set_holds_both_labels_in_every_tag_and_a_second_person_s():
-  _, records = agreement.load_fixture(agreement.FIXTURES["long"])
+_TWO_LABELLERS = ("long", "gpu5")
+
+
+@pytest.mark.parametrize("name", _TWO_LABELLERS)
+def test_two_labeller_sets_hold_both_labels_in_every_tag_and_a_second_person_s(name):
+  _, records = agreement.load_fixture(agreement.FIXTURES[name])
   for tag in palette.TAGS:
     assert {r["label"] for r in records if r["tag"] == tag} == set(agreement.LABELS), tag
   for r in records:
@@ -126,4 +130,4 @@ def test_cli_scores_the_whole_set(name, tmp_path, capsys):
     assert result["groups"][tag]["all"]["n"] == per_tag
   assert overall["agreement"] >= 0.6  # a sanity floor far below the measured agreement
   assert len(result["disagreements"]) == overall["fp"] + overall["fn"]
-  assert ("second_labeller" in result) == (name == "long")
+  assert ("second_labeller" in result) == (name in _TWO_LABELLERS)

@@ -147,6 +147,40 @@ def test_runner_on_sigterm_waits_for_its_commands_to_save_and_starts_no_more(tmp
   assert "stopped by SIGTERM" in out, out
 
 
+_IGNORES_SIGTERM = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+open(sys.argv[1] + ".started", "w").close()
+time.sleep(60)
+"""
+
+_RUNNER_PARENT_KILL_AFTER = """
+import sys
+from mdd.experiments import ablate
+runner = ablate.Runner(parallel=1, gpus=0, logdir=sys.argv[1])
+child = [sys.executable, "-c", sys.argv[2], sys.argv[1] + "/a"]
+runner.run_all([("a", child)], kill_after=1.0)
+"""
+
+
+def test_runner_kills_a_resumable_command_that_ignores_sigterm_after_kill_after(tmp_path):
+  """An evaluation that does not stop on SIGTERM is killed `kill_after` seconds later, so the
+  runner exits (143) long before a time limit's `-k` would kill it and the trainings."""
+  parent = subprocess.Popen([sys.executable, "-c", _RUNNER_PARENT_KILL_AFTER, str(tmp_path),
+                             _IGNORES_SIGTERM],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 60
+  while not (tmp_path / "a.started").exists():
+    assert time.time() < deadline and parent.poll() is None, parent.communicate()[0]
+    time.sleep(0.1)
+  start = time.time()
+  parent.send_signal(signal.SIGTERM)
+  out = parent.communicate(timeout=30)[0]
+  assert parent.returncode == 143, out
+  assert time.time() - start < 15, out  # the child alone would sleep 60 s
+  assert "a: exit -9" in out, out
+
+
 def test_report_cli_rejects_missing_json(tmp_path):
   with pytest.raises(SystemExit):
     ablate.main(["--report", str(tmp_path / "none.json"), "--out", str(tmp_path / "r.md")])

@@ -57,6 +57,8 @@ NO_EDIT = {"edit_threshold": 1.0, "num_edit_passes": 0}
 # The status of a command the runner never started because it was stopping.
 STOPPED = -1
 STEPS = (4, 8, 16, 32, 64)
+# Seconds an evaluation gets to stop after SIGTERM before it is killed (`Runner.run_all`).
+EVAL_KILL_AFTER_S = 5.0
 
 
 def sampler_variants(steps: Sequence[int] = STEPS) -> dict[str, dict[str, Any]]:
@@ -102,7 +104,11 @@ class Runner:
   command starts, the running ones get SIGTERM too (a training saves its checkpoint on it) and
   are waited for, then the runner exits with 143. Exiting at once would leave the trainings
   saving with no parent, and whoever sent the signal (a job's end, `timeout -k`) may kill them
-  before their checkpoint is complete.
+  before their checkpoint is complete. Commands that lose nothing when killed (evaluations,
+  which write each image whole and resume at the first incomplete prompt) are run with
+  `kill_after`: SIGKILL follows that many seconds after the SIGTERM, so one that does not stop
+  on SIGTERM (on a GPU host evaluations were seen to run on to their end) cannot hold up the
+  trainings' time to save.
   """
 
   def __init__(self, parallel: int, gpus: int, logdir: str):
@@ -111,21 +117,33 @@ class Runner:
     self._stopping = threading.Event()
     self._running: dict[str, subprocess.Popen] = {}
     self._lock = threading.Lock()
+    self._kill_after: float | None = None
 
   def _on_sigterm(self, signum, frame):  # pylint: disable=unused-argument
     self._stopping.set()
     with self._lock:
-      for proc in self._running.values():
-        if proc.poll() is None:
-          proc.send_signal(signal.SIGTERM)
+      running = [proc for proc in self._running.values() if proc.poll() is None]
+      for proc in running:
+        proc.send_signal(signal.SIGTERM)
+    if self._kill_after is not None and running:
+      threading.Timer(self._kill_after, self._kill, [running]).start()
 
-  def run_all(self, jobs: list[tuple[str, list[str]]], on_done=None) -> dict[str, int]:
+  def _kill(self, procs: list[subprocess.Popen]):
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+
+  def run_all(self, jobs: list[tuple[str, list[str]]], on_done=None,
+              kill_after: float | None = None) -> dict[str, int]:
     """jobs: (name, argv); returns name -> exit status. Logs go to LOGDIR/<name>.log.
 
     A job takes a free slot for its whole run (slot i uses GPU i % gpus), so no GPU ever runs
     more than ceil(parallel / gpus) jobs at once. `on_done(name, status)` is called (in this
     thread) as each job ends, so callers can record results before the others finish.
+    `kill_after` (seconds): on SIGTERM, jobs still running that long after it are killed; only
+    for jobs that lose nothing when killed (None: wait for them).
     """
+    self._kill_after = kill_after
     free = queue.Queue()
     for slot in range(self.parallel):
       free.put(slot)
@@ -361,7 +379,7 @@ class Ablation:
           spec = [{"run_dir": run_dir, "step": boundary,
                    "out_dir": os.path.join(run_dir, "curve", f"step_{boundary}")}]
           evals.append((name, _eval_argv(spec, "main", self.args)))
-      self.runner.run_all(evals, on_done=self._record_loss_run)
+      self.runner.run_all(evals, on_done=self._record_loss_run, kill_after=EVAL_KILL_AFTER_S)
 
   def _record_loss_run(self, name: str, status: int):
     run_dir = os.path.join(self.workdir, name)
@@ -429,7 +447,8 @@ class Ablation:
                                             status=0 if summary else (status or 1))
       self.save()
 
-    self.runner.run_all(jobs, on_done=record)
+    # Evaluations write each image whole and resume at the first incomplete prompt.
+    self.runner.run_all(jobs, on_done=record, kill_after=EVAL_KILL_AFTER_S)
 
   def collect(self):
     """Rebuilds ablate.json from what is on disk (after a killed run); runs nothing."""

@@ -5,7 +5,7 @@ Each set (tests/fixtures/shapes_geneval_agreement_<name>.{npz,jsonl}, see AGREEM
 images of models no other set draws from (one CPU-trained model for `fresh` and `long`; four
 GPU-trained ones for the three first `gpu` sets, which share no prompt; two later ones under
 six sampler settings for `gpu4`; a retrained one under six for `gpu5`), labelled blind;
-`long` and `gpu5` also carry a second person's labels. The measured agreement lives in
+`long`, `gpu2`, `gpu3` and `gpu5` also carry a second person's labels. The measured agreement lives in
 docs/runs/shapes_geneval_agreement_*_<name>.json; the tests only ask for a floor far below it,
 so that they break when scoring breaks, not when the scorer changes.
 """
@@ -83,7 +83,7 @@ def test_fixture_integrity(name):
   assert drawn >= len(images) - 1
 
 
-_TWO_LABELLERS = ("long", "gpu5")
+_TWO_LABELLERS = ("long", "gpu2", "gpu3", "gpu5")
 
 
 @pytest.mark.parametrize("name", _TWO_LABELLERS)

@@ -140,6 +140,14 @@ CURRENT_RESULTS: tuple[Headline, ...] = (
              "one H200, jax 0.11.2",
              ("benchmarks/gce_h200_final.json", "benchmarks/gce_h200_target.json",
               "docs/benchmarks.md")),
+    Headline("1B denoiser train step, 1024 tokens x 16 sequences, bf16, fused GCE at 2^16 codes",
+             "273.4 ms, **44.3%** MFU of the datasheet bf16 rate on an H100; 256.0 ms, 47.3% on "
+             "an H200, **48.4%** with XLA's Triton GEMMs off; matmuls 57.5% of the device time, "
+             "memory-bound fusions and copies 31% (profile; docs/benchmarks.md)",
+             "one H100; one H200; jax 0.11.2",
+             ("benchmarks/train_step_h100_1b.json", "benchmarks/mfu_h200_1b_baseline.json",
+              "benchmarks/mfu_h200_1b_no_triton_gemm.json",
+              "benchmarks/mfu_h100_1b_no_triton_gemm_profile.json")),
     Headline("ShapeGenEval v2 reference points",
              "ShapeGen renders 1.000; a denoiser trained 20 steps (coloured speckle) 0.079; "
              "a random-token mosaic 0.008",

@@ -126,7 +126,9 @@ class Runner:
       for proc in running:
         proc.send_signal(signal.SIGTERM)
     if self._kill_after is not None and running:
-      threading.Timer(self._kill_after, self._kill, [running]).start()
+      timer = threading.Timer(self._kill_after, self._kill, [running])
+      timer.daemon = True  # never holds up the runner's own exit
+      timer.start()
 
   def _kill(self, procs: list[subprocess.Popen]):
     for proc in procs:

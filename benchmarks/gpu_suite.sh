@@ -8,6 +8,8 @@
 #   bash benchmarks/gpu_suite.sh sampler   # sampler images/s and loop overhead (B, 256/1024 tokens)
 #   bash benchmarks/gpu_suite.sh mfu       # levers on the 1B step at 1024 tokens, one process
 #                                          # each: the baseline, batch 20, XLA GPU flags
+#   bash benchmarks/gpu_suite.sh scaling   # weak scaling over 1, 2 and 4 GPUs of the host
+#                                          # (data and FSDP meshes); needs a multi-GPU machine
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks}"
@@ -21,6 +23,12 @@ case "${1:-train}" in
         --out="$OUT/train_step_b_xl.json"
     timeout 110 python -m mdd.bench.train_step --variants=1B --grids=16 --impls=pallas \
         --out="$OUT/train_step_1b_256.json"
+    ;;
+  scaling)
+    # B and 1B at 1024 tokens x 16 per GPU: the small model shows communication overhead
+    # first, the large one whether it fits a data mesh (replicated state) at all.
+    timeout 540 python -m mdd.bench.scaling --variants=B,1B --grid=32 --tokens_per_device=16384 \
+        --devices=1,2,4 --meshes=data,fsdp --out="$OUT/scaling.json"
     ;;
   sampler)
     timeout 420 python -m mdd.bench.sampler --variant=B --grids=16,32 --steps=8,16,32 \

@@ -7,6 +7,7 @@ import pytest
 
 from mdd.bench import rates
 from mdd.bench import sampler as sampler_bench
+from mdd.bench import scaling as scaling_bench
 from mdd.bench import train_step as train_step_bench
 
 # Whole benchmark runs (compile + timed steps) at toy size: minutes on 2 cores.
@@ -56,3 +57,30 @@ def test_sampler_rows_and_overhead(tmp_path):
     assert "error" not in r, r
     calls = r["steps"] + r["edit_passes"]
     np.testing.assert_allclose(r["overhead"], r["sample_ms"] / (calls * r["forward_ms"]))
+
+
+def test_weak_scaling_rows_shard_the_state_on_fsdp_and_keep_the_batch_per_device(tmp_path):
+  out = tmp_path / "scaling.json"
+  payload = scaling_bench.main([
+      "--variants=mu", "--grid=4", "--tokens_per_device=32", "--devices=1,2",
+      "--meshes=data,fsdp", "--impl=chunked", "--vocab=256", "--text_len=8", "--attention=",
+      "--steps=1", "--windows=1", f"--out={out}"])
+  assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(payload["rows"]))
+  rows = {(r["mesh"], r["devices"]): r for r in payload["rows"]}
+  assert set(rows) == {("data", 1), ("data", 2), ("fsdp", 1), ("fsdp", 2)}
+  for (mesh, n), row in rows.items():
+    assert "error" not in row, row
+    assert row["batch_per_device"] == 2 and row["batch"] == 2 * n
+    assert np.isfinite(row["last_loss"])
+    np.testing.assert_allclose(row["efficiency"], rows[(mesh, 1)]["step_ms"] / row["step_ms"])
+  # FSDP splits parameters and optimizer state over the devices; a data mesh replicates them.
+  assert rows[("fsdp", 2)]["argument_bytes"] < 0.6 * rows[("data", 2)]["argument_bytes"]
+  assert rows[("data", 2)]["argument_bytes"] == rows[("data", 1)]["argument_bytes"]
+  # The same global batch and seeds on both meshes: the same first loss.
+  np.testing.assert_allclose(rows[("fsdp", 2)]["first_loss"], rows[("data", 2)]["first_loss"],
+                             rtol=1e-4)
+
+
+def test_weak_scaling_refuses_more_devices_than_present():
+  with pytest.raises(SystemExit):
+    scaling_bench.main(["--variants=mu", "--devices=1,64"])

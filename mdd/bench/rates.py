@@ -1,8 +1,9 @@
-"""Ceilings that benchmarks compare against (datasheet bf16 rates, a measured GEMM rate) and
-the two ways the benchmarks time a call."""
+"""Ceilings that benchmarks compare against (datasheet bf16 rates, a measured GEMM rate), the
+ways the benchmarks time a call or a train loop, and how they record a row."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 
@@ -57,3 +58,38 @@ def gemm_rate(size: int = 8192, seconds: float = 2.0, reps: int = 20) -> float:
   while time.perf_counter() - start < seconds:
     mm(a, b).block_until_ready()
   return 2 * size ** 3 / queued_seconds(lambda: mm(a, b), reps)
+
+
+def time_windows(advance, steps: int, windows: int, warmup: int = 2):
+  """Times `advance(i)` (one step; returns a device scalar such as the loss): `warmup` steps,
+  then `windows` windows of `steps` steps, synchronising once per window on the scalar.
+  Returns (first loss, last loss, seconds per step of each window)."""
+  for i in range(warmup):
+    first = advance(i)
+  first = float(first) if warmup else float("nan")
+  times, i = [], warmup
+  for _ in range(windows):
+    start = time.perf_counter()
+    for _ in range(steps):
+      last = advance(i)
+      i += 1
+    last = float(last)  # The sync.
+    times.append((time.perf_counter() - start) / steps)
+  return first, last, times
+
+
+def is_oom(e: Exception) -> bool:
+  text = str(e)
+  return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+def error_text(e: Exception) -> str:
+  """A failed row's `error`: the exception's type and first line."""
+  return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+
+
+def write_json(path: str, payload: dict) -> None:
+  """Writes the payload so far (after every row: a run cut short keeps what it measured)."""
+  if path:
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(payload, f, indent=2)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 
 import jax
@@ -113,7 +112,7 @@ def main(argv=None):
         rows = measure(system, params, grid, batch, step_list, args)
       except Exception as e:  # pylint: disable=broad-except
         rows = [{"grid": grid, "batch": batch,
-                 "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}]
+                 "error": rates.error_text(e)}]
       for row in rows:
         payload["rows"].append(row)
         if "error" in row:
@@ -122,9 +121,7 @@ def main(argv=None):
           print(f"{grid:>4} {batch:>5} {row['steps']:>5} {row['forward_ms']:8.2f} "
                 f"{row['sample_ms']:10.1f} {row['images_per_s']:8.1f} {row['overhead']:8.3f}",
                 flush=True)
-      if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-          json.dump(payload, f, indent=2)
+      rates.write_json(args.out, payload)
   return payload
 
 

@@ -17,7 +17,6 @@ tokenizer). Prints a table; with `--out` writes JSON after every row. TensorFlow
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -84,16 +83,14 @@ def run_one(variant: str, grid: int, impl: str, remat: bool, args, profile: bool
   compiled = step.lower(state, batches[0], jax.random.key(0)).compile()
   compile_s = time.perf_counter() - start
   mem = compiled.memory_analysis()
-  for i in range(2):  # Warm-up.
+  metrics = {}
+
+  def advance(i):
+    nonlocal state, metrics
     state, metrics = compiled(state, batches[i % 2], jax.random.key(i))
-  first_loss = float(metrics["loss"])
-  windows = []
-  for w in range(args.windows):
-    start = time.perf_counter()
-    for i in range(args.steps):
-      state, metrics = compiled(state, batches[i % 2], jax.random.key(100 * w + i))
-    last_loss = float(metrics["loss"])  # Syncs once per window.
-    windows.append((time.perf_counter() - start) / args.steps)
+    return metrics["loss"]
+
+  first_loss, last_loss, windows = rates.time_windows(advance, args.steps, args.windows)
   step_s = statistics.median(windows)
   model_flops = flops_lib.train_step_flops(system, batch, (grid, grid), args.text_len)
   row = {"variant": variant, "grid": grid, "tokens": grid * grid, "batch": batch, "impl": impl,
@@ -119,11 +116,6 @@ def run_one(variant: str, grid: int, impl: str, remat: bool, args, profile: bool
     row["profile"] = profiling.profile_steps(one, 3)
   del state
   return row
-
-
-def _is_oom(e: Exception) -> bool:
-  text = str(e)
-  return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
 
 def _format(row: dict) -> str:
@@ -179,19 +171,17 @@ def main(argv=None):
             row = run_one(variant, grid, impl, remat, args, profile=profile_next)
             break
           except Exception as e:  # pylint: disable=broad-except
-            if _is_oom(e) and remat is not rem_options[-1]:
+            if rates.is_oom(e) and remat is not rem_options[-1]:
               continue
             row = {"variant": variant, "grid": grid, "impl": impl, "remat": remat,
-                   "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+                   "error": rates.error_text(e)}
         if "error" not in row:
           profile_next = False
           row["mfu_datasheet"] = row["achieved_tflops"] * 1e12 / peak if peak else None
           row["mfu_gemm"] = row["achieved_tflops"] * 1e12 / gemm
         payload["rows"].append(row)
         print(_format(row), flush=True)
-        if args.out:
-          with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
+        rates.write_json(args.out, payload)
   for row in payload["rows"]:
     if "profile" in row:
       prof = row["profile"]

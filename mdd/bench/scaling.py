@@ -36,11 +36,6 @@ from mdd.utils import sharding as sharding_lib
 MESH_KINDS = ("data", "fsdp")
 
 
-def _host_batch(batch: int, grid: int, text_len: int, vocab: int, seed: int) -> dict:
-  return {k: np.asarray(v) for k, v in
-          train_step_bench._batch(batch, grid, text_len, vocab, seed).items()}  # pylint: disable=protected-access
-
-
 def run_one(variant: str, num_devices: int, kind: str, args) -> dict:
   """Compiles and times one (variant, devices, mesh kind); returns its row (raises on OOM)."""
   if kind not in MESH_KINDS:
@@ -58,7 +53,7 @@ def run_one(variant: str, num_devices: int, kind: str, args) -> dict:
   config = train_step_bench.make_config(variant, args.impl, attention=args.attention,
                                         remat=bool(args.remat), text_len=args.text_len,
                                         dtype=args.dtype)
-  nbr, nbr_w = train_step_bench._table(args.vocab, args.k)  # pylint: disable=protected-access
+  nbr, nbr_w = train_step_bench.neighbour_table(args.vocab, args.k)
   system = system_lib.system_from_config(config, vocab_size=args.vocab, neighbours=nbr,
                                          neighbour_weights=nbr_w)
   task = denoiser_task.make_task(config, system, make_batches=lambda start: iter(()))
@@ -67,9 +62,8 @@ def run_one(variant: str, num_devices: int, kind: str, args) -> dict:
     state = jax.jit(task.init_state, out_shardings=shardings)(jax.random.key(0))
     params = sum(int(x.size) for x in jax.tree.leaves(state.params))
     step = loop.jit_train_step(task, shardings, jax.random.key(1))
-    batches = [sharding_lib.shard_batch(
-        system.add_frozen_text(_host_batch(batch, grid, args.text_len, args.vocab, seed)), mesh)
-               for seed in range(2)]
+    batches = [sharding_lib.shard_batch(system.add_frozen_text(train_step_bench.random_batch(
+        batch, grid, args.text_len, args.vocab, seed)), mesh) for seed in range(2)]
     start = time.perf_counter()
     compiled = step.lower(state, batches[0], jnp.int32(0)).compile()
     compile_s = time.perf_counter() - start

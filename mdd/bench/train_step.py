@@ -21,7 +21,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mdd import defaults
@@ -47,7 +46,8 @@ def make_config(variant: str, impl: str, *, attention: str, remat: bool, text_le
   return c
 
 
-def _table(vocab: int, k: int, seed: int = 0):
+def neighbour_table(vocab: int, k: int, seed: int = 0):
+  """A random GCE neighbour table (each code its own first neighbour) and its weights."""
   rng = np.random.default_rng(seed)
   nbr = rng.integers(0, vocab, size=(vocab, k)).astype(np.int32)
   nbr[:, 0] = np.arange(vocab)
@@ -55,12 +55,13 @@ def _table(vocab: int, k: int, seed: int = 0):
   return nbr, weights
 
 
-def _batch(batch: int, grid: int, text_len: int, vocab: int, seed: int) -> dict:
+def random_batch(batch: int, grid: int, text_len: int, vocab: int, seed: int) -> dict:
+  """A host batch (int32 numpy) of random token grids and byte texts."""
   rng = np.random.default_rng(seed)
   return {
-      "tokens": jnp.asarray(rng.integers(0, vocab, (batch, grid, grid)), jnp.int32),
-      "text_ids": jnp.asarray(rng.integers(2, 200, (batch, text_len)), jnp.int32),
-      "text_len": jnp.asarray(rng.integers(text_len // 2, text_len + 1, (batch,)), jnp.int32),
+      "tokens": rng.integers(0, vocab, (batch, grid, grid)).astype(np.int32),
+      "text_ids": rng.integers(2, 200, (batch, text_len)).astype(np.int32),
+      "text_len": rng.integers(text_len // 2, text_len + 1, (batch,)).astype(np.int32),
   }
 
 
@@ -70,7 +71,7 @@ def run_one(variant: str, grid: int, impl: str, remat: bool, args, profile: bool
   batch = max(1, args.tokens_per_step // (grid * grid))
   config = make_config(variant, impl, attention=args.attention, remat=remat,
                        text_len=args.text_len, dtype=args.dtype)
-  nbr, nbr_w = _table(args.vocab, args.k)
+  nbr, nbr_w = neighbour_table(args.vocab, args.k)
   system = system_lib.system_from_config(config, vocab_size=args.vocab, neighbours=nbr,
                                          neighbour_weights=nbr_w)
   tx = state_lib.make_optimizer(denoiser_task.optim_config(config.denoiser_train))
@@ -78,15 +79,14 @@ def run_one(variant: str, grid: int, impl: str, remat: bool, args, profile: bool
       jax.random.key(0))
   params = sum(int(x.size) for x in jax.tree.leaves(state.params))
   step = jax.jit(denoiser_task.make_train_step(system), donate_argnums=0)
-  batches = [_batch(batch, grid, args.text_len, args.vocab, seed) for seed in range(2)]
+  batches = [jax.device_put(random_batch(batch, grid, args.text_len, args.vocab, seed))
+             for seed in range(2)]
   start = time.perf_counter()
   compiled = step.lower(state, batches[0], jax.random.key(0)).compile()
   compile_s = time.perf_counter() - start
   mem = compiled.memory_analysis()
-  metrics = {}
-
   def advance(i):
-    nonlocal state, metrics
+    nonlocal state
     state, metrics = compiled(state, batches[i % 2], jax.random.key(i))
     return metrics["loss"]
 

@@ -13,7 +13,9 @@
 #
 # Environment: CONFIG (default configs/shapes_gpu.py:vocab=VOCAB; a CPU config such as
 # configs/shapes_tiny.py:runlocal tries the pieces at toy size with GPUS=0),
-# VOCAB (16 = 2^16 codes; 18), STEPS (denoiser steps), GENEVAL_EVERY, SEEDS,
+# VOCAB (16 = 2^16 codes; 18), STEPS (denoiser steps), GENEVAL_EVERY, SEEDS, EVAL_BATCH
+# (images per sampler call; default 64, or 8 at 2^18 codes, where the sampler holds about 1 GB
+# of temporaries per image and four jobs share one card),
 # PARALLEL (runs side by side), GPUS, WD (the ablation's workdir), OUT (where ablate.json and
 # the scored layouts are copied when the piece ends).
 set -uo pipefail
@@ -29,7 +31,7 @@ export PYTHONUNBUFFERED=1
 CONFIG="${CONFIG:-configs/shapes_gpu.py:vocab=${VOCAB}}"
 args=(--config="$CONFIG" --workdir="$WD" --seeds="$SEEDS"
       --parallel="$PARALLEL" --gpus="$GPUS" --eval_every=500 --images_per_prompt=1
-      --eval_batch_size="${EVAL_BATCH:-64}" --set "denoiser_train.num_steps=${STEPS}")
+      --eval_batch_size="${EVAL_BATCH:-$(( VOCAB >= 18 ? 8 : 64 ))}" --set "denoiser_train.num_steps=${STEPS}")
 case "$phase" in
   loss)
     # timeout signals the whole process group: the ablation and every training under it;

@@ -1,11 +1,12 @@
 """The blind-labelled ShapeGenEval agreement sets beyond the first (`fresh`, `long`,
-`gpu`, `gpu2`, `gpu3`, `gpu4`, `gpu5`): their integrity, and that the CLI scores each whole.
+`gpu`, `gpu2`, `gpu3`, `gpu4`, `gpu5`, `gpu6`): their integrity, and that the CLI scores each whole.
 
 Each set (tests/fixtures/shapes_geneval_agreement_<name>.{npz,jsonl}, see AGREEMENT.md) holds
 images of models no other set draws from (one CPU-trained model for `fresh` and `long`; four
 GPU-trained ones for the three first `gpu` sets, which share no prompt; two later ones under
-six sampler settings for `gpu4`; a retrained one under six for `gpu5`), labelled blind;
-`long`, `gpu2`, `gpu3` and `gpu5` also carry a second person's labels. The measured agreement lives in
+six sampler settings for `gpu4`; a retrained one under six for `gpu5`; four trained at 2^18
+codes for `gpu6`), labelled blind; `long`, `gpu2`, `gpu3`, `gpu5` and `gpu6` also carry a
+second person's labels. The measured agreement lives in
 docs/runs/shapes_geneval_agreement_*_<name>.json; the tests only ask for a floor far below it,
 so that they break when scoring breaks, not when the scorer changes.
 """
@@ -31,11 +32,13 @@ _GPU4_RUNS = {"gpu_gce_s0_step3000_config", "gpu_gce_s1_step3000_config"} | {
 # The token-editing study's seed-1 model, trained again, edits off / on at 8, 32 and 64 steps.
 _GPU5_RUNS = {f"h200_s1_{edits}_at{steps}" for edits in ("no_edit", "edit_t0.5")
               for steps in (8, 32, 64)}
+# CE and GCE at 2^18 codes, seeds 0 and 1, at step 2000.
+_GPU6_RUNS = {f"v18_{loss}_s{seed}_step2000" for loss in ("ce", "gce") for seed in (0, 1)}
 # name -> (runs the images come from, images, images per tag, image side)
 SETS = {"fresh": ({"cpu_default_grain"}, 150, 25, 32), "long": ({"cpu_long"}, 180, 30, 32),
         "gpu": (_GPU_RUNS, 180, 30, 64), "gpu2": (_GPU_RUNS, 180, 30, 64),
         "gpu3": (_GPU_RUNS, 144, 24, 64), "gpu4": (_GPU4_RUNS, 144, 24, 64),
-        "gpu5": (_GPU5_RUNS, 144, 24, 64)}
+        "gpu5": (_GPU5_RUNS, 144, 24, 64), "gpu6": (_GPU6_RUNS, 144, 24, 64)}
 _GPU_SETS = ("gpu", "gpu2", "gpu3")
 
 
@@ -83,7 +86,7 @@ def test_fixture_integrity(name):
   assert drawn >= len(images) - 1
 
 
-_TWO_LABELLERS = ("long", "gpu2", "gpu3", "gpu5")
+_TWO_LABELLERS = ("long", "gpu2", "gpu3", "gpu5", "gpu6")
 
 
 @pytest.mark.parametrize("name", _TWO_LABELLERS)

@@ -1,12 +1,12 @@
 """The blind-labelled ShapeGenEval agreement sets beyond the first (`fresh`, `long`,
-`gpu`, `gpu2`, `gpu3`, `gpu4`, `gpu5`, `gpu6`): their integrity, and that the CLI scores each whole.
+`gpu`, `gpu2`, `gpu3`, `gpu4`, `gpu5`, `gpu6`, `gpu7`): their integrity, and that the CLI scores each whole.
 
 Each set (tests/fixtures/shapes_geneval_agreement_<name>.{npz,jsonl}, see AGREEMENT.md) holds
 images of models no other set draws from (one CPU-trained model for `fresh` and `long`; four
 GPU-trained ones for the three first `gpu` sets, which share no prompt; two later ones under
 six sampler settings for `gpu4`; a retrained one under six for `gpu5`; four trained at 2^18
-codes for `gpu6`), labelled blind; `long`, `gpu2`, `gpu3`, `gpu5` and `gpu6` also carry a
-second person's labels. The measured agreement lives in
+codes for `gpu6` and `gpu7`, which share no prompt), labelled blind; `long`, `gpu2`, `gpu3`,
+`gpu5`, `gpu6` and `gpu7` also carry a second person's labels. The measured agreement lives in
 docs/runs/shapes_geneval_agreement_*_<name>.json; the tests only ask for a floor far below it,
 so that they break when scoring breaks, not when the scorer changes.
 """
@@ -38,8 +38,10 @@ _GPU6_RUNS = {f"v18_{loss}_s{seed}_step2000" for loss in ("ce", "gce") for seed 
 SETS = {"fresh": ({"cpu_default_grain"}, 150, 25, 32), "long": ({"cpu_long"}, 180, 30, 32),
         "gpu": (_GPU_RUNS, 180, 30, 64), "gpu2": (_GPU_RUNS, 180, 30, 64),
         "gpu3": (_GPU_RUNS, 144, 24, 64), "gpu4": (_GPU4_RUNS, 144, 24, 64),
-        "gpu5": (_GPU5_RUNS, 144, 24, 64), "gpu6": (_GPU6_RUNS, 144, 24, 64)}
-_GPU_SETS = ("gpu", "gpu2", "gpu3")
+        "gpu5": (_GPU5_RUNS, 144, 24, 64), "gpu6": (_GPU6_RUNS, 144, 24, 64),
+        "gpu7": (_GPU6_RUNS, 144, 24, 64)}
+# Sets drawn from the same models, on prompts the others of the group do not use.
+_SAME_MODELS = (("gpu", "gpu2", "gpu3"), ("gpu6", "gpu7"))
 
 
 def _drawn(image: np.ndarray) -> bool:
@@ -75,7 +77,8 @@ def test_fixture_integrity(name):
   assert len(_hashes(images)) == drawn
   for other in set(agreement.FIXTURES) - {name}:
     other_images, other_records = agreement.load_fixture(agreement.FIXTURES[other])
-    if name in _GPU_SETS and other in _GPU_SETS:  # the same models, no prompt in common
+    if any(name in group and other in group for group in _SAME_MODELS):
+      # The same models, no prompt in common.
       assert not ({r["source"].split("/")[0] for r in records}
                   & {r["source"].split("/")[0] for r in other_records})
     else:
@@ -86,7 +89,7 @@ def test_fixture_integrity(name):
   assert drawn >= len(images) - 1
 
 
-_TWO_LABELLERS = ("long", "gpu2", "gpu3", "gpu5", "gpu6")
+_TWO_LABELLERS = ("long", "gpu2", "gpu3", "gpu5", "gpu6", "gpu7")
 
 
 @pytest.mark.parametrize("name", _TWO_LABELLERS)
@@ -102,7 +105,7 @@ def test_two_labeller_sets_hold_both_labels_in_every_tag_and_a_second_person_s(n
   assert 0.8 * len(records) < agree < len(records)
 
 
-@pytest.mark.parametrize("name", _GPU_SETS)
+@pytest.mark.parametrize("name", [name for group in _SAME_MODELS for name in group])
 def test_the_gpu_set_prompts_are_one_per_folder_across_its_four_models(name):
   _, records = agreement.load_fixture(agreement.FIXTURES[name])
   assert len({r["run"] for r in records}) == 4

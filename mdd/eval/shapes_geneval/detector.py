@@ -370,25 +370,9 @@ def _symmetry(cover: np.ndarray) -> tuple[float, float, float]:
           float(max(m5 / _EXACT_PENTAGON_M5, m6 / _EXACT_HEXAGON_M6)))
 
 
-_CLOSING_RADIUS = 0
-_OPENING_RADIUS = 0
-
-
-def _disk(radius: int) -> np.ndarray:
-  y, x = np.mgrid[-radius:radius + 1, -radius:radius + 1]
-  return x * x + y * y <= radius * radius
-
-
 def _outline(cover: np.ndarray) -> _Outline | None:
   """Shape evidence of a silhouette (coverage map, zero outside); None if it is too small."""
   up = ndimage.zoom(cover, _UPSAMPLE, order=1, grid_mode=True, mode="grid-constant") >= 0.5
-  if _CLOSING_RADIUS:
-    disk = _disk(_CLOSING_RADIUS)
-    pad = _CLOSING_RADIUS + 1
-    up = np.pad(up, pad)
-    if _OPENING_RADIUS:
-      up = ndimage.binary_opening(up, _disk(_OPENING_RADIUS))
-    up = ndimage.binary_closing(up, disk)[pad:-pad, pad:-pad]
   # The largest part, with its holes (background not connected to the border) filled.
   parts, num = ndimage.label(up)
   mask = parts == 1 + np.argmax(np.bincount(parts.ravel())[1:]) if num > 1 else up

@@ -68,7 +68,9 @@ def get_config(arg=None):
   c.sampler.guidance_interval = (0.0, 0.95)
   c.sampler.edit_threshold = 0.5
   c.sampler.num_edit_passes = 4
-  c.eval.shapes_geneval.batch_size = 256
+  # The sampler holds up to 16 bytes per image, token and code (mdd.inference.generator):
+  # 256 images at 2^16 codes, 32 at 2^18, stay under 70 GiB.
+  c.eval.shapes_geneval.batch_size = 256 if args.vocab <= 16 else 32
   # The sample stage pads its batch to the eval's size, so the eval stage reuses the sample
   # stage's compiled sampler instead of compiling another.
   c.sample.batch_size = c.eval.shapes_geneval.batch_size

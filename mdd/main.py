@@ -217,7 +217,8 @@ def _parse_flags(argv):
 
 def run():
   """Console entry: user errors (bad config or flag, missing or corrupt files, permissions,
-  shapes, a non-finite stop) print one line and exit 2.
+  shapes, a non-finite stop, a sampler batch too large for the accelerator) print one line and
+  exit 2.
 
   Set MDD_TRACEBACK=1 to see the full traceback instead.
   """
@@ -227,7 +228,7 @@ def run():
   _silence_closed_event_loop_noise()
   try:
     app.run(main, flags_parser=_parse_flags)
-  except (ValueError, OSError, FloatingPointError) as e:
+  except (ValueError, OSError, FloatingPointError, MemoryError) as e:
     print(f"mdd: error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -56,3 +56,27 @@ def test_a_mesh_that_does_not_fit_the_devices_is_one_line(run):
     generation.Generator.from_workdir(workdir, config)
   message = str(error.value)
   assert "\n" not in message and "config.mesh" in message and "16 devices" in message, message
+
+
+def test_a_sampler_batch_out_of_accelerator_memory_is_one_line_naming_the_batch(run,
+                                                                                monkeypatch):
+  _, workdir = run
+  gen = generation.Generator.from_workdir(workdir)
+
+  def out_of_memory(*args, **kwargs):
+    raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 68.72GiB.\n"
+                       "BufferAssignment OOM Debugging ...")
+  monkeypatch.setattr(generation.sampler_lib, "sample", out_of_memory)
+  with pytest.raises(MemoryError) as error:
+    gen.generate(["a red circle"], [0], pad_to=8)
+  message = str(error.value)
+  grid = int(np.prod(gen.grid_shape))
+  assert "\n" not in message and "sample.batch_size" in message, message
+  # The retry at half the batch (the ablation's evaluations) still recognises it.
+  assert "RESOURCE_EXHAUSTED" in message and f"8 images of {grid} tokens" in message, message
+
+  def other_failure(*args, **kwargs):
+    raise RuntimeError("INTERNAL: something else")
+  monkeypatch.setattr(generation.sampler_lib, "sample", other_failure)
+  with pytest.raises(RuntimeError, match="INTERNAL"):
+    gen.generate(["a red circle"], [0])

@@ -147,9 +147,15 @@ class Generator:
     context_fn = _cached_context_fn(self.system, self.config, self.mesh, self.rules)
     with sharding.mesh_context(self.mesh, self.rules):
       context = context_fn(self.params, text)
-      out = sampler_lib.sample(logits_fn, rng, place(tokens), cfg, context=context,
-                               fixed=None if fixed is None else place(fixed),
-                               sample_index=place(seeds.astype(np.int32)))
+      try:
+        out = jax.block_until_ready(sampler_lib.sample(
+            logits_fn, rng, place(tokens), cfg, context=context,
+            fixed=None if fixed is None else place(fixed),
+            sample_index=place(seeds.astype(np.int32))))
+      except Exception as e:  # pylint: disable=broad-except  (XlaRuntimeError and friends)
+        if "RESOURCE_EXHAUSTED" not in str(e):
+          raise
+        raise MemoryError(_out_of_memory_message(rows, tokens.shape[1:], cfg)) from e
     if jax.process_count() > 1:  # Every process: all rows, as NumPy (one: left on device).
       out = sharding.to_host(out)
     result = {}
@@ -183,6 +189,23 @@ class Generator:
     with the one they were written with and regenerate instead of resuming when it changed."""
     return {"denoiser_step": int(self.step),
             "sampler": json.loads(json.dumps(dataclasses.asdict(cfg), default=str))}
+
+
+# Bytes of temporaries the sampler holds per row, token and code: XLA's memory analysis of the
+# compiled sampler (guidance and edit passes on) gives four float32 [rows, tokens, codes] arrays
+# per image (2 x 256 x 2^18 of them: 1.07 GB per image on the CPU backend).
+SAMPLER_BYTES_PER_LOGIT = 16
+
+
+def _out_of_memory_message(rows: int, grid: tuple[int, ...], cfg) -> str:
+  """One line for a sampler batch that does not fit the accelerator; it keeps XLA's
+  RESOURCE_EXHAUSTED, which callers that retry at a smaller batch look for."""
+  tokens = int(np.prod(grid))
+  need = SAMPLER_BYTES_PER_LOGIT * rows * tokens * cfg.mask_id / 2 ** 30
+  return (f"sampling {rows} images of {tokens} tokens over {cfg.mask_id} codes ran out of "
+          f"accelerator memory (RESOURCE_EXHAUSTED; the sampler holds up to about {need:.0f} GiB "
+          "of [batch, tokens, codes] arrays): lower sample.batch_size or the evaluation's "
+          "batch_size")
 
 
 def sampling_mesh(config) -> jax.sharding.Mesh:

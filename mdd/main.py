@@ -229,6 +229,10 @@ def run():
   try:
     app.run(main, flags_parser=_parse_flags)
   except (ValueError, OSError, FloatingPointError, MemoryError) as e:
+    sampler = sys.modules.get("mdd.inference.generator")  # loaded if it raised
+    if isinstance(e, MemoryError) and not (
+        sampler and isinstance(e, sampler.SamplerOutOfMemoryError)):
+      raise  # the host's memory ran out: a crash, with its traceback
     print(f"mdd: error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()

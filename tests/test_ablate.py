@@ -54,7 +54,8 @@ def test_report_tables_and_plots(tmp_path):
     for path in row.evidence:
       assert os.path.isfile(os.path.join(repo, path)), path
   # Mean ± sample std over the two seeds.
-  assert "| ce | 2 | - | 0.300 ± 0.000 | 0.500 ± 0.000 | 3.000 ± 0.000 | 0.300 ± 0.141 |" in text
+  assert ("| ce | 2 | - | 0.300 ± 0.000 | 0.500 ± 0.000 | 3.000 ± 0.000 | 0.300 ± 0.141 |"
+          in text)
   assert "| gce_soft | 2 |" in text and "0.600 ± 0.141" in text
   # Sampler table: one row per method, columns per step count, edits per image at 16 steps.
   assert "| no_edit | 0.050 ± 0.071 | 0.050 ± 0.071 | 3.0 ± 0.0 |" in text
@@ -270,7 +271,7 @@ def test_a_study_stopped_before_its_last_step_reports_its_last_evaluation():
     curve = [{"step": 1000, "eval/masked_acc": acc - 0.1, "eval/group_acc": acc - 0.1,
               "eval/loss": 1.5}, {"step": 1800, "loss": 1.1},
              {"step": 2000, "eval/masked_acc": acc, "eval/group_acc": acc + 0.01,
-              "eval/loss": 1.0}]
+              "eval/loss": 1.0}, {"step": 2200, "loss": 0.9}]
     return {"variant": variant, "seed": seed, "status": 1, "final": None, "curve": curve,
             "shapes_geneval": {"overall": score, "tags": {}},
             "geneval_curve": [{"step": 1000, "overall": score / 2, "tags": {}},
@@ -279,14 +280,25 @@ def test_a_study_stopped_before_its_last_step_reports_its_last_evaluation():
                       "loss/ce_s1": stopped("ce", 1, 0.9, 0.6),
                       "loss/gce_s0": stopped("gce", 0, 0.85, 0.5)}}
   table = report.loss_table(results)
-  assert "| ce | 2 | 2000 (stopped) | 0.850 ± 0.071 | 0.860 ± 0.071 | 1.000 ± 0.000 | " \
+  assert "| ce | 2 | 2000 (not finished) | 0.850 ± 0.071 | 0.860 ± 0.071 | 1.000 ± 0.000 | " \
          "0.500 ± 0.141 |" in table
-  assert "| gce | 1 | 2000 (stopped) |" in table
+  assert "| gce | 1 | 2000 (not finished) |" in table
+  assert table.index("| ce |") < table.index("| gce |")  # the order of the runs
+  # Stopped after a held-out evaluation that no ShapeGenEval followed: both steps shown; a
+  # missing group accuracy is "-", not "nan".
+  late = stopped("ce", 0, 0.8, 0.4)
+  late["curve"].append({"step": 2500, "eval/masked_acc": 0.82, "eval/loss": 0.9})
+  row = report.loss_table({"runs": {"loss/ce_s0": late}})
+  assert "| ce | 1 | 2500 (ShapeGenEval at 2000) (not finished) | 0.820 ± 0.000 | - |" in row
   assert "| ce | 0.250 ± 0.071 | 0.500 ± 0.141 |" in report.geneval_curve_table(results)
   finished = dict(stopped("gce", 1, 0.7, 0.3), status=0,
                   final={"step": 3000, "masked_acc": 0.7, "group_acc": 0.7, "loss": 1.0})
   results["runs"]["loss/gce_s1"] = finished
   assert "| gce | 1 | 3000 | 0.700 ± 0.000 |" in report.loss_table(results)
+  # A variant with only stopped runs keeps its place after one with finished runs.
+  reordered = {"runs": {"loss/gce_s1": finished, "loss/ce_s0": stopped("ce", 0, 0.8, 0.4)}}
+  table = report.loss_table(reordered)
+  assert table.index("| gce |") < table.index("| ce |")
   assert report.loss_table({"runs": {"loss/ce_s0": dict(stopped("ce", 0, 0.8, 0.4),
                                                           curve=[])}}) == "_No loss-study runs._"
 

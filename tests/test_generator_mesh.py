@@ -3,6 +3,7 @@ shardings the train loop gives them (the EMA copy), and a mesh that does not fit
 refused in one line."""
 
 import os
+import subprocess
 import sys
 
 import flax.linen as nn
@@ -67,7 +68,7 @@ def test_a_sampler_batch_out_of_accelerator_memory_is_one_line_naming_the_batch(
     raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 68.72GiB.\n"
                        "BufferAssignment OOM Debugging ...")
   monkeypatch.setattr(generation.sampler_lib, "sample", out_of_memory)
-  with pytest.raises(MemoryError) as error:
+  with pytest.raises(generation.SamplerOutOfMemoryError) as error:
     gen.generate(["a red circle"], [0], pad_to=8)
   message = str(error.value)
   grid = int(np.prod(gen.grid_shape))
@@ -80,3 +81,24 @@ def test_a_sampler_batch_out_of_accelerator_memory_is_one_line_naming_the_batch(
   monkeypatch.setattr(generation.sampler_lib, "sample", other_failure)
   with pytest.raises(RuntimeError, match="INTERNAL"):
     gen.generate(["a red circle"], [0])
+
+
+@pytest.mark.parametrize("error, code, one_line", [
+    ("generation.SamplerOutOfMemoryError('sampling 8 images ran out (RESOURCE_EXHAUSTED)')", 2,
+     True),
+    ("MemoryError('the host')", 1, False)])
+def test_the_console_entry_prints_a_sampler_out_of_memory_as_one_line_not_the_host_s(
+    error, code, one_line):
+  script = ("import absl.app\nfrom mdd import main\nfrom mdd.inference import generator as "
+            "generation\n"
+            f"def fail(*args, **kwargs):\n  raise {error}\n"
+            "absl.app.run = fail\nmain.run()\n")
+  done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        timeout=120, env=dict(os.environ, MDD_TRACEBACK="0"))
+  assert done.returncode == code, done.stderr
+  lines = done.stderr.strip().splitlines()
+  if one_line:
+    assert lines == ["mdd: error: SamplerOutOfMemoryError: sampling 8 images ran out "
+                     "(RESOURCE_EXHAUSTED)"], done.stderr
+  else:
+    assert "Traceback" in done.stderr and lines[-1] == "MemoryError: the host"

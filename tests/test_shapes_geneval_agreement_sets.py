@@ -1,5 +1,6 @@
-"""The blind-labelled ShapeGenEval agreement sets beyond the first (`fresh`, `long`,
-`gpu`, `gpu2`, `gpu3`, `gpu4`, `gpu5`, `gpu6`, `gpu7`): their integrity, and that the CLI scores each whole.
+"""The blind-labelled ShapeGenEval agreement sets beyond the first (`fresh`, `long`, `gpu`,
+`gpu2`, `gpu3`, `gpu4`, `gpu5`, `gpu6`, `gpu7`): their integrity, and that the CLI scores each
+whole.
 
 Each set (tests/fixtures/shapes_geneval_agreement_<name>.{npz,jsonl}, see AGREEMENT.md) holds
 images of models no other set draws from (one CPU-trained model for `fresh` and `long`; four

@@ -290,10 +290,10 @@ def eval_many(jobs: Sequence[dict], which: str, images_per_prompt: int,
     fileio.write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
 
 
-def _run_halving_on_oom(fn, batch_size: int, smallest: int = 8):
+def _run_halving_on_oom(fn, batch_size: int, smallest: int = 1):
   """`fn(batch_size)`, retried at half the batch while the accelerator runs out of memory (the
-  sampler holds [batch, tokens, codes] logits, twice with guidance: 2^16 codes at 256 tokens
-  are 17 GiB per 256 rows). Images already written are kept: the layout resumes."""
+  sampler holds up to 16 bytes per image, token and code: 64 GiB for 256 images of 256 tokens
+  at 2^16 codes). Images already written are kept: the layout resumes."""
   while True:
     try:
       return fn(batch_size)

@@ -183,10 +183,10 @@ ABLATION_NOTES = {
         "of about 520 s on one H100: the tokenizer and pretokenized base in 116 s, then the "
         "four runs side by side at about 2.4 steps/s each; scoring a checkpoint (504 images, "
         "a batch of 8: the sampler holds about 1 GB of temporaries per image at 2^18 codes) "
-        "took 117-160 s. The budget ended at step 2190, so the runs stop at their step-2000 "
-        "checkpoint and score (the tables mark them stopped). Raw results: "
+        "took 117-160 s. The budget ended near step 2200, so the runs stop at their "
+        "step-2000 checkpoint and score (the tables mark them not finished). Raw results: "
         "`docs/results/ablate_h100_v18_s2000.json`. Reproduce (repeat the first command until "
-        "it prints `piece 'loss' exit 0`; about five calls):\n\n"
+        "it prints `piece 'loss' exit 0`; the 3000 steps take about five such calls):\n\n"
         "```\n"
         "VOCAB=18 STEPS=3000 EVAL_BATCH=8 bash launch/ablate_gpu.sh loss 515\n"
         "python -m mdd.experiments.ablate --report=WD/out/ablate.json --out=docs/results.md\n"
@@ -203,7 +203,7 @@ ABLATION_NOTES = {
         "grows with the vocabulary.\n"
         "- Why this is a weak test of that claim: the 2^18 tokenizer uses 4.0% of its codes "
         "(about 10,400; the 2^16 one uses 13.7%, about 9,000), and held-out masked accuracy "
-        "at step 2000 is the same at both sizes (0.865-0.868). On ShapeGen's flat-coloured "
+        "at step 2000 is the same at both sizes (0.864-0.868). On ShapeGen's flat-coloured "
         "64 px images a larger codebook mostly adds codes the data never uses, so the "
         "denoiser faces about the same effective vocabulary; the regime the claim is about, "
         "where many used codes share little data each, needs images with more variety.\n"
@@ -371,6 +371,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def fmt(values: Sequence[float], digits: int = 3) -> str:
+  """Mean ± std of the values that are numbers; "-" when none is."""
+  values = [v for v in values if v is not None and not math.isnan(v)]
   if not values:
     return "-"
   mean, std = mean_std(values)
@@ -386,8 +388,10 @@ def _last_eval(run: dict) -> dict | None:
   if not evals:
     return None
   last = evals[-1]
+  scored = run.get("geneval_curve") or [{}]
   return {"step": last["step"], "masked_acc": last["eval/masked_acc"],
-          "group_acc": last.get("eval/group_acc", math.nan), "loss": last["eval/loss"],
+          "group_acc": last.get("eval/group_acc", math.nan),
+          "loss": last.get("eval/loss", math.nan), "geneval_step": scored[-1].get("step"),
           "stopped": True}
 
 
@@ -401,7 +405,8 @@ def _loss_rows(results: dict) -> dict[str, list[dict]]:
     if end is not None:
       (stopped if end.get("stopped") else finished).setdefault(run["variant"], []).append(
           dict(run, final=end))
-  return {v: finished.get(v) or stopped[v] for v in {**finished, **stopped}}
+  order = dict.fromkeys(run["variant"] for run in results.get("runs", {}).values())
+  return {v: finished.get(v) or stopped[v] for v in order if v in finished or v in stopped}
 
 
 def _evals(results: dict, study: str) -> dict[str, list[dict]]:
@@ -425,7 +430,10 @@ def loss_table(results: dict) -> str:
     steps = sorted({r["final"].get("step") for r in runs} - {None})
     step = "/".join(str(s) for s in steps) or "-"
     if any(r["final"].get("stopped") for r in runs):
-      step += " (stopped)"
+      scored = sorted({r["final"].get("geneval_step") for r in runs} - {None})
+      if scored and scored != steps:
+        step += f" (ShapeGenEval at {'/'.join(str(s) for s in scored)})"
+      step += " (not finished)"
     lines.append(
         f"| {variant} | {len(runs)} | {step} | {fmt([r['final']['masked_acc'] for r in runs])} | "
         f"{fmt([r['final']['group_acc'] for r in runs])} | "
@@ -774,7 +782,8 @@ def ablation_section(results: dict, source: str, png_stem: str) -> list[str]:
   geneval_curves = geneval_curve_table(results)
   if geneval_curves:
     parts += ["ShapeGenEval of the checkpoints as training goes on (the curve's last point is "
-              "the final model, or in a study stopped early the last checkpoint scored):", "", geneval_curves, ""]
+              "the final model, or in a study stopped early the last checkpoint scored):", "",
+              geneval_curves, ""]
     reach = reach_reference_table(results)
     if reach:
       parts += ["Steps to reach CE's final (or last scored) score (mean over seeds, "

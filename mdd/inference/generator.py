@@ -155,7 +155,8 @@ class Generator:
       except Exception as e:  # pylint: disable=broad-except  (XlaRuntimeError and friends)
         if "RESOURCE_EXHAUSTED" not in str(e):
           raise
-        raise MemoryError(_out_of_memory_message(rows, tokens.shape[1:], cfg)) from e
+        raise SamplerOutOfMemoryError(
+            _out_of_memory_message(rows, tokens.shape[1:], cfg)) from e
     if jax.process_count() > 1:  # Every process: all rows, as NumPy (one: left on device).
       out = sharding.to_host(out)
     result = {}
@@ -191,10 +192,15 @@ class Generator:
             "sampler": json.loads(json.dumps(dataclasses.asdict(cfg), default=str))}
 
 
-# Bytes of temporaries the sampler holds per row, token and code: XLA's memory analysis of the
-# compiled sampler (guidance and edit passes on) gives four float32 [rows, tokens, codes] arrays
-# per image (2 x 256 x 2^18 of them: 1.07 GB per image on the CPU backend).
+# Bytes of temporaries the sampler holds per image, token and code: XLA's memory analysis of
+# the compiled sampler (guidance and 4 edit passes on, CPU backend) gives 1.07 GB per image at
+# 256 tokens and 2^18 codes, as much as four float32 [tokens, codes] arrays per image.
 SAMPLER_BYTES_PER_LOGIT = 16
+
+
+class SamplerOutOfMemoryError(MemoryError):
+  """A sampler batch that does not fit the accelerator (a user's setting, not the host's
+  memory running out): `mdd.main` prints it as one line."""
 
 
 def _out_of_memory_message(rows: int, grid: tuple[int, ...], cfg) -> str:

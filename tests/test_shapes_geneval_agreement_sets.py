@@ -138,3 +138,21 @@ def test_cli_scores_the_whole_set(name, tmp_path, capsys):
   assert overall["agreement"] >= 0.6  # a sanity floor far below the measured agreement
   assert len(result["disagreements"]) == overall["fp"] + overall["fn"]
   assert ("second_labeller" in result) == (name in _TWO_LABELLERS)
+
+
+def test_pooled_agreement_adds_up_the_sets_and_refuses_an_unknown_one(capsys):
+  result = agreement.main(["--pooled=fresh,gpu6"])
+  assert "| gpu6 | 144 |" in capsys.readouterr().out
+  fresh, gpu6 = result["per_set"]["fresh"], result["per_set"]["gpu6"]
+  pooled = result["pooled"]
+  # Pooled counts are the sets' counts added; the consensus leaves out gpu6's split images and
+  # keeps every image of fresh (one labeller); `second` has gpu6's images only.
+  for mode in ("first", "consensus"):
+    for key in ("n", "tp", "fp", "fn", "tn"):
+      assert pooled[mode]["overall"][key] == fresh[mode][key] + gpu6[mode][key], (mode, key)
+  assert fresh["consensus"]["n"] == 150 and gpu6["consensus"]["n"] < 144
+  assert pooled["second"]["overall"]["n"] == 144
+  assert sum(pooled["first"][tag]["n"] for tag in palette.TAGS) == 294
+  with pytest.raises(SystemExit):
+    cli.main(["--agreement", "--pooled=fresh,nosuchset"])
+  assert "nosuchset" in capsys.readouterr().err

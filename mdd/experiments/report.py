@@ -68,6 +68,7 @@ CURRENT_RESULTS: tuple[Headline, ...] = (
              ("docs/runs/shapes_geneval_agreement_v7_2026-12-06_gpu6.json",
               "docs/runs/shapes_geneval_agreement_v7_2026-12-06_gpu7.json",
               "docs/runs/shapes_geneval_agreement_v7_2026-12-06_pooled.json",
+              "docs/runs/shapes_geneval_agreement_v7_2026-12-06_pooled_after_design.json",
               "docs/runs/shapes_geneval_agreement_v7_2026-12-06_gpu5.json",
               "docs/runs/shapes_geneval_agreement_v6_2026-12-06_gpu5.json",
               "docs/runs/shapes_geneval_agreement_v7_2026-12-06_gpu.json",

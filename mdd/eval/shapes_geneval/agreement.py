@@ -279,6 +279,69 @@ def _row(name: str, subset: str, m: dict) -> str:
           f"| {agreement} | {_pct(m['precision'])} | {_pct(m['recall'])} |")
 
 
+def pooled_agreement(names: Sequence[str], settings: ScorerSettings = ScorerSettings()) -> dict:
+  """The scorer on several whole agreement sets (`FIXTURES` names): each set's agreement with its
+  first labels and with its labellers' consensus, and all images pooled, overall and per tag,
+  against the first labels (`first`), the consensus (`consensus`: images two labellers labelled
+  alike, and every image of a set with one labeller) and the second labels where a set has them
+  (`second`).
+
+  Returns {"scorer_version", "sets", "per_set": {name: {"images", "first", "consensus"}},
+  "pooled": {"first" | "consensus" | "second": {"overall" | tag: metrics}}, "markdown"}.
+  """
+  unknown = [name for name in names if name not in FIXTURES]
+  if unknown or not names:
+    raise ValueError(f"--pooled: unknown agreement sets {unknown or names}; choose from "
+                     f"{', '.join(FIXTURES)}")
+  columns = {key: [] for key in ("decision", "first", "second", "has_second", "tag")}
+  per_set = {}
+  for name in names:
+    images, records = load_fixture(FIXTURES[name])
+    decision = np.array([score_image(image, r["metadata"], settings)["correct"]
+                         for image, r in zip(images, records)], bool)
+    first = np.array([r["label"] == "correct" for r in records], bool)
+    has_second = np.array([r.get("second_label") in LABELS for r in records], bool)
+    second = np.array([r.get("second_label") == "correct" for r in records], bool)
+    alike = ~has_second | (first == second)
+    per_set[name] = {"images": len(records), "first": agreement_metrics(decision, first),
+                     "consensus": agreement_metrics(decision[alike], first[alike])}
+    for key, value in (("decision", decision), ("first", first), ("second", second),
+                       ("has_second", has_second), ("tag", [r["tag"] for r in records])):
+      columns[key].append(np.asarray(value))
+  decision, first, second, has_second, tags = (np.concatenate(columns[key]) for key in (
+      "decision", "first", "second", "has_second", "tag"))
+  subsets = {"first": np.ones(len(first), bool), "consensus": ~has_second | (first == second),
+             "second": has_second}
+  pooled = {}
+  for mode, keep in subsets.items():
+    labels = second if mode == "second" else first
+    pooled[mode] = {group: agreement_metrics(decision[in_group & keep], labels[in_group & keep])
+                    for group, in_group in _group_masks(tags).items()}
+  result = {"scorer_version": SCORER_VERSION, "sets": list(names), "per_set": per_set,
+            "pooled": pooled}
+  result["markdown"] = _pooled_markdown(result)
+  return result
+
+
+def _pooled_markdown(result: dict) -> str:
+  lines = [f"ShapeGenEval agreement, sets pooled (scorer {result['scorer_version']})", "",
+           "| set | images | vs first labels % | consensus images | vs consensus % |",
+           "| --- | ---: | ---: | ---: | ---: |"]
+  for name, row in result["per_set"].items():
+    lines.append(f"| {name} | {row['images']} | {_pct(row['first']['agreement'])} | "
+                 f"{row['consensus']['n']} | {_pct(row['consensus']['agreement'])} |")
+  lines += ["", "| group | labels | n | agreement % (95% CI) | precision % | recall % |",
+            "| --- | --- | ---: | ---: | ---: | ---: |"]
+  for mode, groups in result["pooled"].items():
+    for group, m in groups.items():
+      if m["n"]:
+        low, high = m["agreement_ci95"]
+        lines.append(f"| {group} | {mode} | {m['n']} | {_pct(m['agreement'])} "
+                     f"({_pct(low)}–{_pct(high)}) | {_pct(m['precision'])} | "
+                     f"{_pct(m['recall'])} |")
+  return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
   """`python -m mdd.eval.shapes_geneval --agreement`: prints the table, optionally writes JSON."""
   parser = argparse.ArgumentParser(
@@ -296,7 +359,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
   parser.add_argument("--out", default=None, help="also write the result as JSON here")
   parser.add_argument("--list_disagreements", action="store_true",
                       help="print each image where the scorer and the label differ")
+  parser.add_argument("--pooled", default=None,
+                      help="comma-separated set names (or 'all'): each set whole, then all "
+                           "their images pooled, against first labels, consensus and second "
+                           "labels")
   args = parser.parse_args(argv)
+  if args.pooled:
+    names = list(FIXTURES) if args.pooled == "all" else [
+        name.strip() for name in args.pooled.split(",") if name.strip()]
+    try:
+      result = pooled_agreement(names)
+    except ValueError as e:
+      parser.error(str(e))
+    print(result["markdown"])
+    if args.out:
+      fileio.write_json_atomic(args.out, result)
+    return result
   path = FIXTURES.get(args.agreement_fixture, args.agreement_fixture)
   prefix = os.path.abspath(_fixture_prefix(path))
   if prefix in UNSPLIT_FIXTURES and args.split != "all":

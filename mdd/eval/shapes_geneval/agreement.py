@@ -293,8 +293,7 @@ def pooled_agreement(names: Sequence[str], settings: ScorerSettings = ScorerSett
   if unknown or not names:
     raise ValueError(f"--pooled: unknown agreement sets {unknown or names}; choose from "
                      f"{', '.join(FIXTURES)}")
-  columns = {key: [] for key in ("decision", "first", "second", "has_second", "tag")}
-  per_set = {}
+  per_set, columns = {}, []
   for name in names:
     images, records = load_fixture(FIXTURES[name])
     decision = np.array([score_image(image, r["metadata"], settings)["correct"]
@@ -305,18 +304,14 @@ def pooled_agreement(names: Sequence[str], settings: ScorerSettings = ScorerSett
     alike = ~has_second | (first == second)
     per_set[name] = {"images": len(records), "first": agreement_metrics(decision, first),
                      "consensus": agreement_metrics(decision[alike], first[alike])}
-    for key, value in (("decision", decision), ("first", first), ("second", second),
-                       ("has_second", has_second), ("tag", [r["tag"] for r in records])):
-      columns[key].append(np.asarray(value))
-  decision, first, second, has_second, tags = (np.concatenate(columns[key]) for key in (
-      "decision", "first", "second", "has_second", "tag"))
-  subsets = {"first": np.ones(len(first), bool), "consensus": ~has_second | (first == second),
-             "second": has_second}
-  pooled = {}
-  for mode, keep in subsets.items():
-    labels = second if mode == "second" else first
-    pooled[mode] = {group: agreement_metrics(decision[in_group & keep], labels[in_group & keep])
-                    for group, in_group in _group_masks(tags).items()}
+    columns.append((decision, first, second, has_second, alike,
+                    np.array([r["tag"] for r in records])))
+  decision, first, second, has_second, alike, tags = map(np.concatenate, zip(*columns))
+  subsets = {"first": (first, np.ones(len(first), bool)), "consensus": (first, alike),
+             "second": (second, has_second)}
+  pooled = {mode: {group: agreement_metrics(decision[in_group & keep], labels[in_group & keep])
+                   for group, in_group in _group_masks(tags).items()}
+            for mode, (labels, keep) in subsets.items()}
   result = {"scorer_version": SCORER_VERSION, "sets": list(names), "per_set": per_set,
             "pooled": pooled}
   result["markdown"] = _pooled_markdown(result)
@@ -330,15 +325,10 @@ def _pooled_markdown(result: dict) -> str:
   for name, row in result["per_set"].items():
     lines.append(f"| {name} | {row['images']} | {_pct(row['first']['agreement'])} | "
                  f"{row['consensus']['n']} | {_pct(row['consensus']['agreement'])} |")
-  lines += ["", "| group | labels | n | agreement % (95% CI) | precision % | recall % |",
-            "| --- | --- | ---: | ---: | ---: | ---: |"]
+  lines += ["", *_TABLE_HEAD]
   for mode, groups in result["pooled"].items():
-    for group, m in groups.items():
-      if m["n"]:
-        low, high = m["agreement_ci95"]
-        lines.append(f"| {group} | {mode} | {m['n']} | {_pct(m['agreement'])} "
-                     f"({_pct(low)}–{_pct(high)}) | {_pct(m['precision'])} | "
-                     f"{_pct(m['recall'])} |")
+    lines += [_row(f"**{group}**" if group == "overall" else group, mode, m)
+              for group, m in groups.items() if m["n"]]
   return "\n".join(lines)
 
 

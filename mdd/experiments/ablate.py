@@ -5,6 +5,8 @@ r"""The ablations of the paper's claims, end to end, and their report.
       [--set denoiser_train.num_steps=600 ...]
   python -m mdd.experiments.ablate --report=DIR/ablate.json [--report=OTHER/ablate.json] \
       --out=docs/results.md
+  python -m mdd.experiments.ablate --merge=A/ablate.json --merge=B/ablate.json \
+      [--until_step=N] --out=MERGED.json     # seeds trained in separate runs, as one study
 
 What runs (every run is a `python -m mdd.main` subprocess on its own workdir, so runs are
 isolated, resumable and can go side by side, one GPU each with `--gpus`):
@@ -577,6 +579,11 @@ def main(argv: Sequence[str] | None = None):
   parser.add_argument("--report", action="append", default=[],
                       help="ablate.json to turn into markdown + plots; repeat for several "
                            "ablations (one section each, in this order)")
+  parser.add_argument("--merge", action="append", default=[],
+                      help="ablate.json of one study's seeds trained apart; repeat, and give "
+                           "--out=MERGED.json (mdd.experiments.merge)")
+  parser.add_argument("--until_step", type=int, default=None,
+                      help="with --merge: compare every loss run at this step")
   parser.add_argument("--collect", action="store_true",
                       help="rebuild DIR/ablate.json from the runs on disk, run nothing")
   parser.add_argument("--out", default="docs/results.md")
@@ -587,6 +594,18 @@ def main(argv: Sequence[str] | None = None):
   if args.eval_jobs:
     eval_many(json.loads(args.eval_jobs), args.eval_which, args.images_per_prompt,
               args.eval_batch_size)
+    return
+  if args.merge:
+    from mdd.experiments import merge  # pylint: disable=import-outside-toplevel
+    if not args.out.endswith(".json"):
+      parser.error(f"--merge writes JSON: give --out=FILE.json, got {args.out!r}")
+    try:
+      merged = merge.merge_ablations([(p, _read_json(p)) for p in args.merge], args.until_step)
+    except ValueError as e:
+      parser.error(f"--merge: {e}")
+    fileio.write_json_atomic(args.out, merged)
+    print(f"merged {len(args.merge)} ablations ({len(merged['runs'])} runs, seeds "
+          f"{merged['seeds']}) into {args.out}")
     return
   if args.report:
     from mdd.experiments import report  # pylint: disable=import-outside-toplevel

@@ -78,11 +78,6 @@ def time_windows(advance, steps: int, windows: int, warmup: int = 2):
   return first, last, times
 
 
-def is_oom(e: Exception) -> bool:
-  text = str(e)
-  return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
-
-
 def error_text(e: Exception) -> str:
   """A failed row's `error`: the exception's type and first line."""
   return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"

@@ -31,6 +31,7 @@ from mdd.models import flops as flops_lib
 from mdd.models import system as system_lib
 from mdd.train import denoiser as denoiser_task
 from mdd.train import loop
+from mdd.utils import oom
 from mdd.utils import sharding as sharding_lib
 
 MESH_KINDS = ("data", "fsdp")
@@ -144,7 +145,7 @@ def main(argv=None) -> dict:
         try:
           row = run_one(variant, n, kind, args)
         except Exception as e:  # pylint: disable=broad-except
-          why = ("does not fit: " if rates.is_oom(e) else "") + rates.error_text(e)
+          why = ("does not fit: " if oom.is_accelerator_oom(e) else "") + rates.error_text(e)
           row = {"variant": variant, "devices": n, "mesh": kind, "error": why}
         payload["rows"].append(row)
         add_efficiency(payload["rows"])

@@ -29,7 +29,7 @@ from mdd.models import flops as flops_lib
 from mdd.models import system as system_lib
 from mdd.train import denoiser as denoiser_task
 from mdd.train import state as state_lib
-from mdd.utils import profiling
+from mdd.utils import oom, profiling
 
 def make_config(variant: str, impl: str, *, attention: str, remat: bool, text_len: int,
                 dtype: str = "bfloat16"):
@@ -171,7 +171,7 @@ def main(argv=None):
             row = run_one(variant, grid, impl, remat, args, profile=profile_next)
             break
           except Exception as e:  # pylint: disable=broad-except
-            if rates.is_oom(e) and remat is not rem_options[-1]:
+            if oom.is_accelerator_oom(e) and remat is not rem_options[-1]:
               continue
             row = {"variant": variant, "grid": grid, "impl": impl, "remat": remat,
                    "error": rates.error_text(e)}

@@ -47,7 +47,7 @@ import time
 from typing import Any, Sequence
 
 from mdd.data.prompts import PROMPT_SETS  # NumPy only: the parent process stays JAX-free
-from mdd.utils import fileio
+from mdd.utils import fileio, oom
 
 LOSS_VARIANTS: dict[str, dict[str, Any]] = {
     "ce": {"loss.type": "ce", "loss.ce_mix": 0.0},
@@ -300,7 +300,7 @@ def _run_halving_on_oom(fn, batch_size: int, smallest: int = 1):
     try:
       return fn(batch_size)
     except Exception as e:  # pylint: disable=broad-except  (XlaRuntimeError and friends)
-      if "RESOURCE_EXHAUSTED" not in str(e) or batch_size // 2 < smallest:
+      if not oom.is_accelerator_oom(e) or batch_size // 2 < smallest:
         raise
       batch_size //= 2
       print(f"[ablate] out of accelerator memory: retrying at batch {batch_size}", flush=True)

@@ -31,7 +31,7 @@ import numpy as np
 
 from mdd import sampling as sampler_lib
 from mdd import workdir as workdir_lib
-from mdd.utils import sharding
+from mdd.utils import oom, sharding
 
 
 # Rows per decoder call (see `Generator.decode`).
@@ -153,7 +153,7 @@ class Generator:
             fixed=None if fixed is None else place(fixed),
             sample_index=place(seeds.astype(np.int32))))
       except Exception as e:  # pylint: disable=broad-except  (XlaRuntimeError and friends)
-        if "RESOURCE_EXHAUSTED" not in str(e):
+        if not oom.is_accelerator_oom(e):
           raise
         raise SamplerOutOfMemoryError(
             _out_of_memory_message(rows, tokens.shape[1:], cfg)) from e

@@ -213,7 +213,7 @@ ABLATION_NOTES = {
         "difference is +0.07, -0.07 and +0.15, so three seeds do not settle its sign. Seed 2, "
         "the one trained on, keeps its lead at step 3000: GCE 0.595, CE 0.484. Seed 2's CE "
         "model draws nothing (a grey canvas) for 47 of its 504 prompts at step 2000 and 34 at "
-        "3000, its GCE model for none, and the labelled sets of seeds 0 and 1 hold at most one "
+        "3000, its GCE model for none, and the labelled sets of seeds 0 and 1 hold no empty "
         "empty image each: most of seed 2's gap is that failure of one CE model.\n"
         "- Against 2^16, with the scorer the 2^16 layouts were re-scored with (v6; "
         "`docs/runs/gpu_layouts_v18_rescore_2026-12-06.json`, "

@@ -214,7 +214,7 @@ ABLATION_NOTES = {
         "the one trained on, keeps its lead at step 3000: GCE 0.595, CE 0.484. Seed 2's CE "
         "model draws nothing (a grey canvas) for 47 of its 504 prompts at step 2000 and 34 at "
         "3000, its GCE model for none, and the labelled sets of seeds 0 and 1 hold no empty "
-        "empty image each: most of seed 2's gap is that failure of one CE model.\n"
+        "image: most of seed 2's gap is that failure of one CE model.\n"
         "- Against 2^16, with the scorer the 2^16 layouts were re-scored with (v6; "
         "`docs/runs/gpu_layouts_v18_rescore_2026-12-06.json`, "
         "`docs/runs/gpu_layouts_v18_s2_rescore_2026-12-06.json`): at 2^18, three seeds, CE "

@@ -71,6 +71,13 @@ def test_merge_refuses_parts_of_different_studies_or_shared_seeds():
   with pytest.raises(ValueError, match="no held-out evaluation at or before step 500"):
     merge.merge_ablations([("a.json", a), ("b.json", _study([2], 2000, "h", 1.0))],
                           until_step=500)
+  rescored = _study([2], 2000, "h", 1.0)
+  for run in rescored["runs"].values():
+    for point in [run["shapes_geneval"], *run["geneval_curve"]]:
+      point["scorer_version"] = "v5"
+  with pytest.raises(ValueError, match="different ShapeGenEval versions \\(a.json: v7, "
+                                       "b.json: v5\\)"):
+    merge.merge_ablations([("a.json", a), ("b.json", rescored)])
   with_evals = dict(_study([2], 2000, "h", 1.0), evals={"sampler/x/s2": {}})
   with pytest.raises(ValueError, match="cuts loss runs only"):
     merge.merge_ablations([("a.json", a), ("b.json", with_evals)], until_step=2000)

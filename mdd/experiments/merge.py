@@ -3,7 +3,8 @@
   python -m mdd.experiments.ablate --merge=A/ablate.json --merge=B/ablate.json \
       [--until_step=2000] --out=docs/results/merged.json
 
-The parts must be the same study (config and overrides) with disjoint seeds; their runs and
+The parts must be the same study (config and overrides), scored with one ShapeGenEval version,
+with disjoint seeds; their runs and
 evaluations are joined, and each part's hardware and tokenizer are kept under `parts` (each
 part retrains the tokenizer in its base, so a seed's runs share a tokenizer with each other,
 not necessarily with the other parts'). `until_step` cuts every loss run at that step, as if
@@ -34,6 +35,15 @@ def cut_run(run: dict, step: int) -> dict:
   return out
 
 
+def scorer_versions(results: dict) -> set[str]:
+  """The ShapeGenEval versions a study's runs and evaluations were scored with."""
+  found = {p.get("scorer_version") for run in results.get("runs", {}).values()
+           for p in [run.get("shapes_geneval") or {}, *run.get("geneval_curve", [])]}
+  found |= {(row.get("summary") or {}).get("scorer_version")
+            for row in results.get("evals", {}).values()}
+  return found - {None}
+
+
 def merge_ablations(parts: Sequence[tuple[str, dict]], until_step: int | None = None) -> dict:
   """Joins (source, results) pairs of one study into one results dict (see the module doc)."""
   if len(parts) < 2:
@@ -61,6 +71,11 @@ def merge_ablations(parts: Sequence[tuple[str, dict]], until_step: int | None = 
     merged["parts"].append({"source": source, "seeds": list(results.get("seeds", [])),
                             "hardware": results.get("hardware"),
                             "tokenizer": results.get("tokenizer")})
+  versions = {source: scorer_versions(results) for source, results in parts}
+  if len(set().union(*versions.values())) > 1:
+    raise ValueError("the parts were scored with different ShapeGenEval versions (" + ", ".join(
+        f"{source}: {'/'.join(sorted(v)) or 'none'}" for source, v in versions.items()) +
+        "); re-score them with one version first")
   merged["seeds"] = sorted(merged["seeds"])
   hardware = list(dict.fromkeys(p["hardware"] for p in merged["parts"] if p["hardware"]))
   merged["hardware"] = "; ".join(hardware) if hardware else None

@@ -24,6 +24,8 @@ import math
 import os
 from typing import Any, Sequence
 
+from mdd.experiments import merge
+
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
@@ -847,11 +849,7 @@ def ablation_section(results: dict, source: str, png_stem: str) -> list[str]:
 
 def _scorer_versions(results: dict, note: AblationNote | None) -> str:
   """The scorer versions the JSON records, or where the note names the version."""
-  found = {g.get("scorer_version") for run in results.get("runs", {}).values()
-           for g in [run.get("shapes_geneval") or {}, *run.get("geneval_curve", [])]}
-  found |= {(row.get("summary") or {}).get("scorer_version")
-            for row in results.get("evals", {}).values()}
-  found.discard(None)
+  found = merge.scorer_versions(results)
   if found:
     return ", ".join(sorted(found))
   return "not recorded in the JSON" + (" (named in the text above)" if note else "")

@@ -49,7 +49,7 @@ def test_merged_seeds_compare_at_the_step_all_reached():
   assert longer["runs"]["loss/gce_s2"]["shapes_geneval"]["overall"] == 0.6
   table = report.loss_table(merged)
   # All three seeds of each loss, at step 2000: GCE's scores 0.5, 0.6, 0.7.
-  assert "| gce | 3 | 2000 (not finished) |" in table
+  assert "| gce | 3 | 2000 (not finished; 1 of 3 seeds trained further, cut here) |" in table
   assert "0.600 ± 0.100 |" in table.split("| gce |")[1]
   # Without the cut, the finished seed alone would stand for its loss.
   assert "| gce | 1 | 3000 |" in report.loss_table(
@@ -68,9 +68,19 @@ def test_merge_refuses_parts_of_different_studies_or_shared_seeds():
     merge.merge_ablations([("a.json", a), ("b.json", other)])
   with pytest.raises(ValueError, match="at least two"):
     merge.merge_ablations([("a.json", a)])
-  with pytest.raises(ValueError, match="no held-out evaluation at or before step 500"):
+  with pytest.raises(ValueError, match="ce_s0 has no held-out evaluation at step 500"):
     merge.merge_ablations([("a.json", a), ("b.json", _study([2], 2000, "h", 1.0))],
                           until_step=500)
+  # Beyond where a stopped part got to.
+  with pytest.raises(ValueError, match="ce_s0 has no held-out evaluation at step 3000"):
+    merge.merge_ablations([("a.json", a), ("b.json", _study([2], 3000, "h", 1.0))],
+                          until_step=3000)
+  unversioned = _study([2], 2000, "h", 1.0)
+  for run in unversioned["runs"].values():
+    for point in [run["shapes_geneval"], *run["geneval_curve"]]:
+      del point["scorer_version"]
+  with pytest.raises(ValueError, match="b.json: none"):
+    merge.merge_ablations([("a.json", a), ("b.json", unversioned)])
   rescored = _study([2], 2000, "h", 1.0)
   for run in rescored["runs"].values():
     for point in [run["shapes_geneval"], *run["geneval_curve"]]:
@@ -94,10 +104,21 @@ def test_merge_cli_writes_json_and_names_bad_input_in_one_line(tmp_path, capsys)
                f"--out={out}"])
   with open(out) as f:
     assert json.load(f)["seeds"] == [0, 1, 2]
-  with pytest.raises(SystemExit):
-    ablate.main([f"--merge={paths[0]}", f"--merge={tmp_path / 'missing.json'}",
-                 f"--out={out}"])
-  assert "--merge: empty or missing ablate.json" in capsys.readouterr().err
-  with pytest.raises(SystemExit):
-    ablate.main([f"--merge={paths[0]}", f"--merge={paths[1]}", "--out=results.md"])
-  assert "--merge writes JSON" in capsys.readouterr().err
+  broken = tmp_path / "broken.json"
+  broken.write_text("{not json")
+  for argv, message in (
+      ([f"--merge={paths[0]}", f"--merge={tmp_path / 'missing.json'}", f"--out={out}"],
+       "ablate --merge: empty or missing ablate.json"),
+      ([f"--merge={paths[0]}", f"--merge={broken}", f"--out={out}"],
+       f"ablate --merge: cannot read {broken}: Expecting property name"),
+      ([f"--merge={paths[0]}", f"--merge={tmp_path}", f"--out={out}"],
+       f"ablate --merge: cannot read {tmp_path}:"),
+      ([f"--merge={paths[0]}", f"--merge={paths[1]}", "--out=results.md"],
+       "ablate --merge: writes JSON"),
+      ([f"--merge={paths[0]}", f"--merge={paths[1]}", f"--report={paths[0]}",
+        f"--out={out}"], "ablate: --merge and --report are separate steps"),
+      ([f"--report={paths[0]}", "--until_step=2000"], "ablate: --until_step only applies")):
+    with pytest.raises(SystemExit) as raised:
+      ablate.main(argv)
+    text = str(raised.value)
+    assert text.startswith(message) and "\n" not in text, text

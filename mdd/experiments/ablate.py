@@ -595,14 +595,26 @@ def main(argv: Sequence[str] | None = None):
     eval_many(json.loads(args.eval_jobs), args.eval_which, args.images_per_prompt,
               args.eval_batch_size)
     return
+  if args.until_step is not None and not args.merge:
+    raise SystemExit("ablate: --until_step only applies to --merge")
   if args.merge:
     from mdd.experiments import merge  # pylint: disable=import-outside-toplevel
+    if args.report:
+      raise SystemExit("ablate: --merge and --report are separate steps; merge first, then "
+                       "report the merged JSON")
     if not args.out.endswith(".json"):
-      parser.error(f"--merge writes JSON: give --out=FILE.json, got {args.out!r}")
+      raise SystemExit(f"ablate --merge: writes JSON: give --out=FILE.json, got {args.out!r}")
+    parts = []
+    for path in args.merge:
+      try:
+        parts.append((path, _read_json(path)))
+      except (OSError, ValueError) as e:
+        raise SystemExit(f"ablate --merge: cannot read {path}: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     try:
-      merged = merge.merge_ablations([(p, _read_json(p)) for p in args.merge], args.until_step)
+      merged = merge.merge_ablations(parts, args.until_step)
     except ValueError as e:
-      parser.error(f"--merge: {e}")
+      raise SystemExit(f"ablate --merge: {e}") from e
     fileio.write_json_atomic(args.out, merged)
     print(f"merged {len(args.merge)} ablations ({len(merged['runs'])} runs, seeds "
           f"{merged['seeds']}) into {args.out}")

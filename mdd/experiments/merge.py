@@ -20,15 +20,19 @@ from typing import Any, Sequence
 def cut_run(run: dict, step: int) -> dict:
   """`run` as if stopped after `step`: its evaluations up to it, its last score up to it as
   its score, and no end-of-training evaluation unless training ended by then."""
-  curve = [row for row in run.get("curve", []) if row["step"] <= step]
-  scored = [p for p in run.get("geneval_curve", []) if p["step"] <= step]
-  if not any("eval/masked_acc" in row for row in curve):
-    raise ValueError(f"run {run.get('variant')}_s{run.get('seed')} has no held-out evaluation "
-                     f"at or before step {step}")
   final = run.get("final")
   ended_by_then = bool(final) and final.get("step", step + 1) <= step
+  if not ended_by_then and not any(row["step"] == step and "eval/masked_acc" in row
+                                   for row in run.get("curve", [])):
+    raise ValueError(f"run {run.get('variant')}_s{run.get('seed')} has no held-out evaluation "
+                     f"at step {step} (it was not trained to it, or not evaluated there)")
+  curve = [row for row in run.get("curve", []) if row["step"] <= step]
+  scored = [p for p in run.get("geneval_curve", []) if p["step"] <= step]
+  # How far the run was evaluated: what the part's own JSON can speak for beyond the cut.
+  trained_to = max([row["step"] for row in run.get("curve", []) if "eval/masked_acc" in row]
+                   + [(final or {}).get("step", step)])
   out = dict(run, curve=curve, geneval_curve=scored, final=final if ended_by_then else None,
-             cut_at=step)
+             cut_at=step, trained_to=trained_to)
   if not ended_by_then:
     out["shapes_geneval"] = ({k: v for k, v in scored[-1].items() if k != "step"}
                              if scored else None)
@@ -72,7 +76,8 @@ def merge_ablations(parts: Sequence[tuple[str, dict]], until_step: int | None = 
                             "hardware": results.get("hardware"),
                             "tokenizer": results.get("tokenizer")})
   versions = {source: scorer_versions(results) for source, results in parts}
-  if len(set().union(*versions.values())) > 1:
+  if len(set().union(*versions.values())) > 1 or (any(versions.values()) and
+                                                  not all(versions.values())):
     raise ValueError("the parts were scored with different ShapeGenEval versions (" + ", ".join(
         f"{source}: {'/'.join(sorted(v)) or 'none'}" for source, v in versions.items()) +
         "); re-score them with one version first")

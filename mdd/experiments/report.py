@@ -192,7 +192,7 @@ ABLATION_NOTES = {
         "(four runs side by side at about 2.4 steps/s each, three calls of about 520 s; the "
         "budget ended near step 2200, so they stop at their step-2000 checkpoint and score; "
         "`docs/results/ablate_h100_v18_s2000.json`) and seed 2 (two runs side by side at about "
-        "4.6 steps/s each, three calls; trained to 3000; "
+        "4.5-5.3 steps/s each, three calls; trained to 3000; "
         "`docs/results/ablate_h100_v18_s2_s3000.json`). Each part trained its own tokenizer in "
         "its base (same seed, another machine: PSNR 39.6 and 40.2 dB, both using 4.0% of the "
         "codes). The tables compare all six runs at step 2000, where every seed was trained to "
@@ -228,12 +228,13 @@ ABLATION_NOTES = {
         "the paper's claim that the gain grows with the vocabulary.\n"
         "- Why this is a weak test of that claim: the 2^18 tokenizer uses 4.0% of its codes "
         "(about 10,400; the 2^16 one uses 13.7%, about 9,000), and held-out masked accuracy "
-        "at step 2000 is the same at both sizes (0.865-0.868). On ShapeGen's flat-coloured "
+        "at step 2000 is the same at both sizes (0.862-0.868 over the seeds). On ShapeGen's "
+        "flat-coloured "
         "64 px images a larger codebook mostly adds codes the data never uses, so the "
         "denoiser faces about the same effective vocabulary; the regime the claim is about, "
         "where many used codes share little data each, needs images with more variety.\n"
         "- The fused kernel makes the 2^18 loss affordable: four runs trained at 2.4 steps/s "
-        "each on one H100 and two at 4.6, against 3-6 (four runs) at 2^16."),
+        "each on one H100 and two at 4.5-5.3, against 3-6 (four runs) at 2^16."),
     "ablate_h200_v16_editing_s1.json": AblationNote(
         "Token editing at 4 to 64 sampler steps, and prompts the settings were not chosen on "
         "(second seed)",
@@ -458,7 +459,13 @@ def loss_table(results: dict) -> str:
       scored = sorted({r["final"].get("geneval_step") for r in runs} - {None})
       if scored and scored != steps:
         step += f" (ShapeGenEval at {'/'.join(str(s) for s in scored)})"
-      step += " (not finished)"
+      # A merged study's runs cut at a common step (`mdd.experiments.merge.cut_run`) may
+      # have trained further.
+      further = sum(r.get("trained_to", 0) > r.get("cut_at", math.inf) for r in runs)
+      notes = ["not finished"] if len(runs) > further else []
+      if further:
+        notes.append(f"{further} of {len(runs)} seeds trained further, cut here")
+      step += f" ({'; '.join(notes)})"
     lines.append(
         f"| {variant} | {len(runs)} | {step} | {fmt([r['final']['masked_acc'] for r in runs])} | "
         f"{fmt([r['final']['group_acc'] for r in runs])} | "
@@ -724,8 +731,8 @@ CLAIM_ANSWERS = (
     "score.",
     "**At 2^18 codes?** Not measurably here: at step 2000 of a 3000-step run (three seeds "
     "each, all trained that far) GCE scores 0.524 against CE's 0.474, a lead of 0.05 inside the "
-    "seeds' spread (per seed +0.07, -0.07, +0.15), about the size of its 2^16 lead; the one "
-    "seed trained to 3000 keeps it (0.595 vs 0.484). ShapeGen's 2^18 tokenizer uses only "
+    "seeds' spread (per seed +0.07, -0.07, +0.15; re-scored with v6, as the 2^16 runs were: "
+    "+0.06, against +0.02 at 2^16); the one seed trained to 3000 keeps it (0.595 vs 0.484). ShapeGen's 2^18 tokenizer uses only "
     "about 10,400 codes (2^16: about 9,000), so this data barely tests a larger effective "
     "vocabulary.",
     "**Does editing close the few-step gap?** No: on the GPU config's 3000-step models edits "

@@ -9,7 +9,9 @@ Override any field, e.g. `--config.denoiser_train.num_steps=200 --config.mode=tr
 Args (comma list after the colon):
   runlocal   shrink every stage for a smoke run of a minute or two;
   long       train the denoiser 3x longer and sample with 24 steps (30-40 minutes);
-  vocab=N    a 2^N-code tokenizer, e.g. vocab=14 (the CPU large-vocabulary ablation setting).
+  vocab=N    a 2^N-code tokenizer, e.g. vocab=14 (the CPU large-vocabulary ablation setting);
+  noise=N    Gaussian pixel noise of standard deviation N (0-255) on every ShapeGen image, so
+             the tokenizer uses many more of its codes (`data.noise_std`).
 """
 
 from configs import common
@@ -17,12 +19,14 @@ from mdd import defaults
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, config_name="shapes_tiny", runlocal=False, long=False, vocab=0)
+  args = common.parse_arg(arg, config_name="shapes_tiny", runlocal=False, long=False, vocab=0,
+                          noise=0)
   c = defaults.base_config()
 
   # Data: procedural ShapeGen at 32 px.
   c.data.resolution = 32
   c.data.train_size = 20_000
+  c.data.noise_std = float(args.noise)
 
   # Tokenizer: 32 px, f=4 -> 8x8 tokens from the patch-local encoder, VQ with 512 codes of dim 8.
   # Its 300 steps bound the whole pipeline's quality: ShapeGenEval of its reconstructions

@@ -11,9 +11,10 @@
 #   bash launch/ablate_gpu.sh editing LIMIT   # both in one ablation without CE: trains the
 #                                             # config's loss only (SEEDS), then the sampler piece
 #
-# Environment: CONFIG (default configs/shapes_gpu.py:vocab=VOCAB; a CPU config such as
-# configs/shapes_tiny.py:runlocal tries the pieces at toy size with GPUS=0),
-# VOCAB (16 = 2^16 codes; 18), STEPS (denoiser steps), GENEVAL_EVERY, SEEDS, EVAL_BATCH
+# Environment: CONFIG (default configs/shapes_gpu.py:vocab=VOCAB[,noise=NOISE]; a CPU config
+# such as configs/shapes_tiny.py:runlocal tries the pieces at toy size with GPUS=0),
+# VOCAB (16 = 2^16 codes; 18), NOISE (pixel noise on the images, 0-255 std; 0 = none; 12 makes
+# the tokenizer fill far more of its codes), STEPS (denoiser steps), GENEVAL_EVERY, SEEDS, EVAL_BATCH
 # (images per sampler call; default 64, or 8 at 2^18 codes, where the sampler holds about 1 GB
 # of temporaries per image and four jobs share one card),
 # PARALLEL (runs side by side), GPUS, WD (the ablation's workdir), OUT (where ablate.json and
@@ -24,11 +25,13 @@ phase="${1:?usage: $0 loss|sampler|editing LIMIT}"
 limit="${2:?usage: $0 loss|sampler|editing LIMIT}"
 # The sampler settings of the editing study: edits off and on at every step count, ReMDM at two.
 SAMPLER_ONLY='^(no_edit|edit_t0.5)@|^remdm@(8|32)$'
-VOCAB="${VOCAB:-16}" STEPS="${STEPS:-3000}" GENEVAL_EVERY="${GENEVAL_EVERY:-1000}"
+VOCAB="${VOCAB:-16}" NOISE="${NOISE:-0}" STEPS="${STEPS:-3000}" GENEVAL_EVERY="${GENEVAL_EVERY:-1000}"
 SEEDS="${SEEDS:-0,1}" PARALLEL="${PARALLEL:-4}" GPUS="${GPUS:-1}"
-WD="${WD:-workdirs/ablate_gpu_v${VOCAB}}" OUT="${OUT:-$WD/out}"
+noisy=""
+if [ "$NOISE" != "0" ]; then noisy="_noise${NOISE}"; fi
+WD="${WD:-workdirs/ablate_gpu_v${VOCAB}${noisy}}" OUT="${OUT:-$WD/out}"
 export PYTHONUNBUFFERED=1
-CONFIG="${CONFIG:-configs/shapes_gpu.py:vocab=${VOCAB}}"
+CONFIG="${CONFIG:-configs/shapes_gpu.py:vocab=${VOCAB}${noisy:+,noise=${NOISE}}}"
 args=(--config="$CONFIG" --workdir="$WD" --seeds="$SEEDS"
       --parallel="$PARALLEL" --gpus="$GPUS" --eval_every=500 --images_per_prompt=1
       --eval_batch_size="${EVAL_BATCH:-$(( VOCAB >= 18 ? 8 : 64 ))}" --set "denoiser_train.num_steps=${STEPS}")

@@ -47,6 +47,9 @@ def data_config() -> ml_collections.ConfigDict:
   c.validation_size = 1_000
   c.heldout_size = 1_000
   c.tags = ""
+  # Gaussian pixel noise on ShapeGen images (0-255 scale; 0 = flat colours): its own random
+  # stream, so scenes and captions stay the same. A tokenizer spends many more codes on it.
+  c.noise_std = 0.0
   # Render ShapeGen once into a .npy memmap here ("" = render on the fly, ~0.2-0.4 ms per
   # image); a relative path is under the workdir.
   c.cache_dir = ""

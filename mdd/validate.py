@@ -83,6 +83,12 @@ def _check_data(config, problems: list[str]):
     problems.append(f"data.source={source!r}: must be one of {sorted(sources.SOURCES)}")
   else:
     entry = sources.SOURCES[source]
+    noise = float(data.get("noise_std", 0.0) or 0.0)
+    if noise < 0:
+      problems.append(f"data.noise_std={noise}: must be >= 0")
+    elif noise > 0 and source != "shapes":
+      problems.append(f"data.noise_std={noise}: adds noise to ShapeGen images only, and "
+                      f"data.source={source!r}")
     if source == "folder" and not float(data.get("validation_fraction", 0.0)) > 0:
       problems.append("data.validation_fraction: must be > 0 for data.source='folder' (the "
                       "tokenizer's eval and the denoiser's held-out batches read the validation "

@@ -17,6 +17,7 @@ from mdd.models import tokenizer as tokenizer_lib
 CASES = [
     "shapes_tiny", "shapes_tiny:runlocal", "shapes_tiny:long", "shapes_tiny:vocab=14",
     "shapes_tiny:runlocal,vocab=10", "shapes_gpu", "shapes_gpu:vocab=18", "shapes_gpu:runlocal",
+    "shapes_gpu:vocab=18,noise=12", "shapes_tiny:vocab=12,noise=12",
     "t2i", "t2i:runlocal", "t2i:res=256,variant=B", "t2i:res=512,variant=L", "t2i:res=512,variant=XL,source=tfds",
     "t2i:res=1024,variant=1B", "t2i:res=256,variant=B,text=t5", "t2i:text=byte,vocab=18",
     "t2i:res=256,variant=1B,source=arrayrecord", "t2i:runlocal,source=arrayrecord",
@@ -99,3 +100,15 @@ def test_a_config_missing_a_section_is_reported():
   assert any("the sample stage reads config sections ['sample']" in p for p in problems)
   config.mode = "train"
   assert validate.validate(config) == []
+
+
+def test_pixel_noise_is_checked_and_belongs_to_shapegen():
+  config = configs.load("shapes_gpu:noise=12")
+  assert config.data.noise_std == 12.0 and validate.validate(config) == []
+  config.data.noise_std = -1.0
+  assert "data.noise_std=-1.0: must be >= 0" in validate.validate(config)
+  config.data.noise_std = 8.0
+  config.data.source = "arrayrecord"
+  config.data.records = "shards/"
+  assert any(p.startswith("data.noise_std=8.0: adds noise to ShapeGen images only")
+             for p in validate.validate(config))

@@ -163,6 +163,13 @@ def test_shapes_source_batches_and_cache(tmp_path, check_get_batch):
   cfg.resolution = 48  # A different resolution is a different cache.
   loader.make_source(cfg, "train")
   assert len(os.listdir(cfg.cache_dir)) == 4
+  cfg.resolution, cfg.noise_std = 32, 12.0  # So is pixel noise, which the cache keeps.
+  noisy = loader.make_source(cfg, "train")
+  assert len(os.listdir(cfg.cache_dir)) == 6
+  np.testing.assert_array_equal(
+      noisy[5]["image"], shapes.generate_example(0, 5, "train", 32, noise_std=12.0)["image"])
+  assert noisy[5]["caption"] == source[5]["caption"]
+  cfg.resolution, cfg.noise_std = 48, 0.0
 
   heldout = loader.make_source(cfg, "heldout")
   assert len(heldout) == cfg.heldout_size

@@ -116,6 +116,21 @@ def test_generate_example_is_deterministic_and_independent():
   assert meta["prompt"] == first["caption"] and meta["tag"] == first["tag"]
 
 
+def test_pixel_noise_changes_only_the_pixels_and_is_reproducible():
+  clean = shapes.generate_example(3, 17, "train", 64)
+  noisy = shapes.generate_example(3, 17, "train", 64, noise_std=12.0)
+  again = shapes.generate_example(3, 17, "train", 64, noise_std=12.0)
+  assert noisy["caption"] == clean["caption"] and noisy["metadata"] == clean["metadata"]
+  np.testing.assert_array_equal(noisy["image"], again["image"])
+  diff = noisy["image"].astype(float) - clean["image"].astype(float)
+  assert 11.0 < diff.std() < 13.0 and abs(diff.mean()) < 0.5  # the grey background: no clipping
+  other = shapes.generate_example(3, 18, "train", 64, noise_std=12.0)
+  other_clean = shapes.generate_example(3, 18, "train", 64)
+  assert not np.array_equal(noisy["image"] - clean["image"], other["image"] - other_clean["image"])
+  with pytest.raises(ValueError, match="noise_std must be >= 0"):
+    shapes.generate_example(3, 17, "train", 64, noise_std=-1.0)
+
+
 @pytest.mark.parametrize("resolution,num,check_shapes", [(32, 150, False), (64, 150, True)])
 def test_metadata_matches_pixels(resolution, num, check_shapes):
   tags = collections.Counter()

@@ -285,3 +285,12 @@ def test_noise_level_estimate():
   assert sg.detector.noise_level(clean) == 0.0
   assert 12 <= sg.detector.noise_level(_noise(clean, rng, 16)) <= 20
   assert sg.detector.noise_level(_jpeg(clean, 50)) < sg.ScorerSettings().denoise_above
+
+
+def test_the_noisy_shapegen_variant_stays_scorable_at_64px():
+  """`data.noise_std=12` (configs `noise=12`): its images, scored as they are, still pass."""
+  examples = [shapes.generate_example(0, i, "validation", 64, tag=tag, noise_std=12.0)
+              for tag in palette.TAGS for i in range(12)]
+  accepted = [sg.score_image(ex["image"], json.loads(ex["metadata"]))["correct"]
+              for ex in examples]
+  assert np.mean(accepted) >= 0.97, np.mean(accepted)

@@ -70,14 +70,14 @@ _CACHE_VERSION = 1
 class ShapeGenSource:
   """The first `num_examples` ShapeGen examples of a split, rendered on demand or from a cache.
 
-  `source[i]` == `shapes.generate_example(seed, i, split, resolution, tag)` where `tag` cycles
-  through `tags` (all tags drawn at random when `tags` is empty). With `cache_dir`, all images
+  `source[i]` == `shapes.generate_example(seed, i, split, resolution, tag, noise_std)` where
+  `tag` cycles through `tags` (all tags drawn at random when `tags` is empty). With `cache_dir`, all images
   are rendered once into `<cache_dir>/shapegen_<key>.npy` (+ `.jsonl` for texts) and memory-mapped.
   """
 
   def __init__(self, *, num_examples: int, seed: int = 0, split: str = "train",
                resolution: int | tuple[int, int] = 32, tags: Sequence[str] = (),
-               cache_dir: str | None = None, num_workers: int = 0):
+               cache_dir: str | None = None, num_workers: int = 0, noise_std: float = 0.0):
     if num_examples < 1:
       raise ValueError(f"ShapeGen num_examples must be >= 1, got {num_examples}")
     if split not in shapes.SPLITS:
@@ -86,7 +86,10 @@ class ShapeGenSource:
     if unknown:
       raise ValueError(f"unknown ShapeGen tags {unknown}; expected some of {palette.TAGS}")
     self.num_examples = int(num_examples)
+    if noise_std < 0:
+      raise ValueError(f"ShapeGen noise_std must be >= 0, got {noise_std}")
     self.seed, self.split, self.tags = int(seed), split, tuple(tags)
+    self.noise_std = float(noise_std)
     self.resolution = resolution if isinstance(resolution, int) else tuple(resolution)
     shapes.parse_resolution(self.resolution)  # Validates early, with a clear message.
     self._images = None
@@ -96,7 +99,8 @@ class ShapeGenSource:
 
   def _generate(self, index: int) -> dict:
     tag = self.tags[index % len(self.tags)] if self.tags else None
-    return shapes.generate_example(self.seed, index, self.split, self.resolution, tag=tag)
+    return shapes.generate_example(self.seed, index, self.split, self.resolution, tag=tag,
+                                   noise_std=self.noise_std)
 
   def __len__(self) -> int:
     return self.num_examples
@@ -126,7 +130,8 @@ class ShapeGenSource:
     first = self._generate(0)
     fingerprint = hashlib.sha256(first["image"].tobytes() + first["metadata"].encode())
     description = json.dumps([_CACHE_VERSION, self.seed, self.split, self.resolution,
-                              self.num_examples, self.tags, fingerprint.hexdigest()])
+                              self.num_examples, self.tags, fingerprint.hexdigest()]
+                             + ([self.noise_std] if self.noise_std else []))
     return hashlib.sha256(description.encode()).hexdigest()[:16]
 
   def _load_or_build_cache(self, cache_dir: str, num_workers: int):
@@ -222,7 +227,8 @@ def shapegen_from_config(data_cfg, split: str) -> ShapeGenSource:
   return ShapeGenSource(num_examples=int(sizes[split]), seed=int(data_cfg.seed), split=split,
                         resolution=image_resolution(data_cfg), tags=_tags(data_cfg),
                         cache_dir=data_cfg.get("cache_dir") or None,
-                        num_workers=int(data_cfg.get("cache_workers", 0)))
+                        num_workers=int(data_cfg.get("cache_workers", 0)),
+                        noise_std=float(data_cfg.get("noise_std", 0.0)))
 
 
 def make_source(data_cfg, split: str) -> RandomAccessSource:

@@ -38,6 +38,8 @@ from mdd.data import palette
 SPLITS = ("train", "heldout", "validation")
 # Split ids enter the seed, so the three splits are independent streams for one `seed`.
 _SPLIT_IDS = {"train": 0, "heldout": 1, "validation": 2}
+# The last seed word of the pixel-noise stream (`generate_example`), apart from every split's.
+_NOISE_STREAM = 1_000_003
 
 # Layout, in units of the image's shorter side. Objects keep `_BORDER` from the image edge and
 # `_GAP` between bounding boxes, so at 32 px there are ~2 background pixels between any two
@@ -483,11 +485,16 @@ def render(scene: Scene, resolution: int | tuple[int, int]) -> np.ndarray:
 
 
 def generate_example(seed: int, index: int, split: str, resolution: int | tuple[int, int],
-                     tag: str | None = None) -> dict:
+                     tag: str | None = None, noise_std: float = 0.0) -> dict:
   """Example `index` of `split`: {"image" uint8 [H,W,3], "caption", "tag", "metadata" (json)}.
 
   `validation` draws from the train distribution with its own stream; `tag` restricts the tag.
+  `noise_std` > 0 adds Gaussian pixel noise of that standard deviation (0-255 scale, rounded
+  and clipped) from a stream of its own, so the scene and caption do not change with it: a
+  tokenizer then spends many codes on texture (a stand-in for data that fills a large codebook).
   """
+  if noise_std < 0:
+    raise ValueError(f"noise_std must be >= 0, got {noise_std}")
   if split not in _SPLIT_IDS:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
   if index < 0 or seed < 0:
@@ -496,7 +503,12 @@ def generate_example(seed: int, index: int, split: str, resolution: int | tuple[
   rng = np.random.default_rng((int(seed), int(index), _SPLIT_IDS[split]))
   scene = sample_scene(rng, tag=tag, split="heldout" if split == "heldout" else "train",
                        aspect=width / height)
-  return {"image": render(scene, resolution), "caption": scene.caption, "tag": scene.tag,
+  image = render(scene, resolution)
+  if noise_std > 0:
+    noise_rng = np.random.default_rng((int(seed), int(index), _SPLIT_IDS[split], _NOISE_STREAM))
+    image = np.clip(np.rint(image + noise_rng.normal(0.0, noise_std, image.shape)), 0, 255)
+    image = image.astype(np.uint8)
+  return {"image": image, "caption": scene.caption, "tag": scene.tag,
           "metadata": json.dumps(scene.metadata)}
 
 

@@ -232,7 +232,11 @@ ABLATION_NOTES = {
         "flat-coloured "
         "64 px images a larger codebook mostly adds codes the data never uses, so the "
         "denoiser faces about the same effective vocabulary; the regime the claim is about, "
-        "where many used codes share little data each, needs images with more variety.\n"
+        "where many used codes share little data each, needs images with more variety. "
+        "ShapeGen with pixel noise (`noise=12`) is such data: on the CPU default's tokenizer "
+        "its held-out code perplexity is 2113 at 2^12 codes and 7818 at 2^14, against 15 and "
+        "18 without noise (`docs/runs/tokenizer_noise_usage_cpu_2026-12-06.json`); the same "
+        "study on it is `VOCAB=18 NOISE=12 bash launch/ablate_gpu.sh loss 515`, not run yet.\n"
         "- The fused kernel makes the 2^18 loss affordable: four runs trained at 2.4 steps/s "
         "each on one H100 and two at 4.5-5.3, against 3-6 (four runs) at 2^16."),
     "ablate_h200_v16_editing_s1.json": AblationNote(

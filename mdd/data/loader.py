@@ -71,8 +71,9 @@ class ShapeGenSource:
   """The first `num_examples` ShapeGen examples of a split, rendered on demand or from a cache.
 
   `source[i]` == `shapes.generate_example(seed, i, split, resolution, tag, noise_std)` where
-  `tag` cycles through `tags` (all tags drawn at random when `tags` is empty). With `cache_dir`, all images
-  are rendered once into `<cache_dir>/shapegen_<key>.npy` (+ `.jsonl` for texts) and memory-mapped.
+  `tag` cycles through `tags` (all tags drawn at random when `tags` is empty). With
+  `cache_dir`, all images are rendered once into `<cache_dir>/shapegen_<key>.npy` (+ `.jsonl`
+  for texts) and memory-mapped.
   """
 
   def __init__(self, *, num_examples: int, seed: int = 0, split: str = "train",

@@ -20,7 +20,7 @@ from ml_collections import config_flags
 
 from mdd import validate as config_validation
 from mdd.stages import resolve_mode
-from mdd.utils import fileio
+from mdd.utils import fileio, oom
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
                                           lock_config=True)
@@ -229,9 +229,7 @@ def run():
   try:
     app.run(main, flags_parser=_parse_flags)
   except (ValueError, OSError, FloatingPointError, MemoryError) as e:
-    sampler = sys.modules.get("mdd.inference.generator")  # loaded if it raised
-    if isinstance(e, MemoryError) and not (
-        sampler and isinstance(e, sampler.SamplerOutOfMemoryError)):
+    if isinstance(e, MemoryError) and not isinstance(e, oom.AcceleratorOutOfMemoryError):
       raise  # the host's memory ran out: a crash, with its traceback
     print(f"mdd: error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
     sys.stdout.flush()

@@ -198,9 +198,8 @@ class Generator:
 SAMPLER_BYTES_PER_LOGIT = 16
 
 
-class SamplerOutOfMemoryError(MemoryError):
-  """A sampler batch that does not fit the accelerator (a user's setting, not the host's
-  memory running out): `mdd.main` prints it as one line."""
+class SamplerOutOfMemoryError(oom.AcceleratorOutOfMemoryError):
+  """A sampler batch that does not fit the accelerator: `mdd.main` prints it as one line."""
 
 
 def _out_of_memory_message(rows: int, grid: tuple[int, ...], cfg) -> str:

@@ -8,6 +8,11 @@ trying to allocate ..." instead. A host `MemoryError` has neither and is not one
 from __future__ import annotations
 
 
+class AcceleratorOutOfMemoryError(MemoryError):
+  """A setting too large for the accelerator (a user's batch, not the host's memory running
+  out): `mdd.main` prints it as one line, where a host `MemoryError` keeps its traceback."""
+
+
 def is_accelerator_oom(error: BaseException) -> bool:
   """Whether `error` is the accelerator running out of memory."""
   text = str(error)

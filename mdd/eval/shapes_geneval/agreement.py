@@ -165,6 +165,16 @@ def agreement_metrics(decisions: Sequence[bool], labels: Sequence[bool]) -> dict
   }
 
 
+def _score_set(images: np.ndarray, records: Sequence[dict], settings: ScorerSettings
+               ) -> tuple[list[dict], np.ndarray, np.ndarray, np.ndarray]:
+  """The scorer's result for each image, its decisions, the (first) labels and the tags."""
+  scored = [score_image(image, record["metadata"], settings)
+            for image, record in zip(images, records)]
+  return (scored, np.array([s["correct"] for s in scored], bool),
+          np.array([r["label"] == "correct" for r in records], bool),
+          np.array([r["tag"] for r in records]))
+
+
 def evaluate_agreement(images: np.ndarray, records: Sequence[dict],
                        settings: ScorerSettings = ScorerSettings(), fixture: str = "",
                        split: str = "all") -> dict:
@@ -174,12 +184,8 @@ def evaluate_agreement(images: np.ndarray, records: Sequence[dict],
   Returns {"scorer_version", "scorer", "fixture", "split", "num_images", "groups": {"overall" | tag:
   {"all": metrics, "clear": metrics}}, "disagreements": [...], "markdown"}.
   """
-  scored = [score_image(image, record["metadata"], settings)
-            for image, record in zip(images, records)]
-  decisions = np.array([s["correct"] for s in scored], bool)
-  labels = np.array([r["label"] == "correct" for r in records], bool)
+  scored, decisions, labels, tags = _score_set(images, records, settings)
   unclear = np.array([bool(r.get("unclear", False)) for r in records], bool)
-  tags = np.array([r["tag"] for r in records])
   groups = {}
   for group, in_group in _group_masks(tags).items():
     groups[group] = {
@@ -296,16 +302,13 @@ def pooled_agreement(names: Sequence[str], settings: ScorerSettings = ScorerSett
   per_set, columns = {}, []
   for name in names:
     images, records = load_fixture(FIXTURES[name])
-    decision = np.array([score_image(image, r["metadata"], settings)["correct"]
-                         for image, r in zip(images, records)], bool)
-    first = np.array([r["label"] == "correct" for r in records], bool)
+    _, decision, first, tags = _score_set(images, records, settings)
     has_second = np.array([r.get("second_label") in LABELS for r in records], bool)
     second = np.array([r.get("second_label") == "correct" for r in records], bool)
     alike = ~has_second | (first == second)
     per_set[name] = {"images": len(records), "first": agreement_metrics(decision, first),
                      "consensus": agreement_metrics(decision[alike], first[alike])}
-    columns.append((decision, first, second, has_second, alike,
-                    np.array([r["tag"] for r in records])))
+    columns.append((decision, first, second, has_second, alike, tags))
   decision, first, second, has_second, alike, tags = map(np.concatenate, zip(*columns))
   subsets = {"first": (first, np.ones(len(first), bool)), "consensus": (first, alike),
              "second": (second, has_second)}

@@ -109,6 +109,8 @@ def test_merge_cli_writes_json_and_names_bad_input_in_one_line(tmp_path, capsys)
   for argv, message in (
       ([f"--merge={paths[0]}", f"--merge={tmp_path / 'missing.json'}", f"--out={out}"],
        "ablate --merge: empty or missing ablate.json"),
+      ([f"--merge={tmp_path / 'missing.json'}", f"--merge={paths[0]}", f"--out={out}"],
+       "ablate --merge: empty or missing ablate.json"),
       ([f"--merge={paths[0]}", f"--merge={broken}", f"--out={out}"],
        f"ablate --merge: cannot read {broken}: Expecting property name"),
       ([f"--merge={paths[0]}", f"--merge={tmp_path}", f"--out={out}"],

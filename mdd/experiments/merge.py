@@ -52,12 +52,13 @@ def merge_ablations(parts: Sequence[tuple[str, dict]], until_step: int | None = 
   """Joins (source, results) pairs of one study into one results dict (see the module doc)."""
   if len(parts) < 2:
     raise ValueError(f"--merge needs at least two ablate.json files, got {len(parts)}")
+  for source, results in parts:
+    if not results:
+      raise ValueError(f"empty or missing ablate.json: {source!r}")
   first_source, first = parts[0]
   merged: dict[str, Any] = {"config": first.get("config"), "overrides": first.get("overrides"),
                             "seeds": [], "runs": {}, "evals": {}, "parts": []}
   for source, results in parts:
-    if not results:
-      raise ValueError(f"empty or missing ablate.json: {source!r}")
     for key in ("config", "overrides"):
       if results.get(key) != merged[key]:
         raise ValueError(f"{source}: {key} {results.get(key)!r} differs from {first_source}'s "

@@ -48,12 +48,6 @@ def _three_squares_and(fourth):
   return _paint(fourth, palette.COLORS["purple"], image)
 
 
-def test_results_name_v7():
-  images, records = agreement.load_fixture(agreement.FIXTURES["gpu4"])
-  assert sg.SCORER_VERSION == "v7"
-  assert agreement.evaluate_agreement(images[:2], records[:2])["scorer_version"] == "v7"
-
-
 def test_a_notched_fourth_square_makes_three_squares_too_many():
   image = _three_squares_and(_notched_square(0.72, 0.72, 0.11))
   detections = detect_objects(image)

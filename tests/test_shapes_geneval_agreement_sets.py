@@ -1,5 +1,5 @@
 """The blind-labelled ShapeGenEval agreement sets beyond the first (`fresh`, `long`, `gpu`,
-`gpu2`, ..., `gpu9`): their integrity, and that the CLI scores each
+`gpu2`, ..., `gpu10`): their integrity, and that the CLI scores each
 whole.
 
 Each set (tests/fixtures/shapes_geneval_agreement_<name>.{npz,jsonl}, see AGREEMENT.md) holds
@@ -7,8 +7,9 @@ images of models no other set draws from (one CPU-trained model for `fresh` and 
 GPU-trained ones for the three first `gpu` sets, which share no prompt; two later ones under
 six sampler settings for `gpu4`; a retrained one under six for `gpu5`; four trained at 2^18
 codes for `gpu6` and `gpu7`, which share no prompt; a third seed's two at steps 2000 and 3000
-for `gpu8`; four more at 2^16 codes, seeds 2 and 3, for `gpu9`), labelled blind; `long`,
-`gpu2`, `gpu3` and `gpu5` to `gpu9` also carry a second person's labels. The measured agreement lives in
+for `gpu8`; four more at 2^16 codes, seeds 2 and 3, at step 2000 for `gpu9` and at step 3000 for
+`gpu10`), labelled blind; `long`, `gpu2`, `gpu3` and `gpu5` to `gpu10` also carry a second
+person's labels. The measured agreement lives in
 docs/runs/shapes_geneval_agreement_*_<name>.json; the tests only ask for a floor far below it,
 so that they break when scoring breaks, not when the scorer changes.
 """
@@ -38,19 +39,20 @@ _GPU5_RUNS = {f"h200_s1_{edits}_at{steps}" for edits in ("no_edit", "edit_t0.5")
 _GPU6_RUNS = {f"v18_{loss}_s{seed}_step2000" for loss in ("ce", "gce") for seed in (0, 1)}
 # CE and GCE at 2^18 codes, seed 2, at steps 2000 and 3000.
 _GPU8_RUNS = {f"v18_{loss}_s2_step{step}" for loss in ("ce", "gce") for step in (2000, 3000)}
-# CE and GCE at 2^16 codes, seeds 2 and 3, at step 2000.
+# CE and GCE at 2^16 codes, seeds 2 and 3, at step 2000 (gpu9) and 3000 (gpu10).
 _GPU9_RUNS = {f"v16_{loss}_s{seed}_step2000" for loss in ("ce", "gce") for seed in (2, 3)}
+_GPU10_RUNS = {run.replace("step2000", "step3000") for run in _GPU9_RUNS}
 # name -> (runs the images come from, images, images per tag, image side)
 SETS = {"fresh": ({"cpu_default_grain"}, 150, 25, 32), "long": ({"cpu_long"}, 180, 30, 32),
         "gpu": (_GPU_RUNS, 180, 30, 64), "gpu2": (_GPU_RUNS, 180, 30, 64),
         "gpu3": (_GPU_RUNS, 144, 24, 64), "gpu4": (_GPU4_RUNS, 144, 24, 64),
         "gpu5": (_GPU5_RUNS, 144, 24, 64), "gpu6": (_GPU6_RUNS, 144, 24, 64),
         "gpu7": (_GPU6_RUNS, 144, 24, 64), "gpu8": (_GPU8_RUNS, 144, 24, 64),
-        "gpu9": (_GPU9_RUNS, 144, 24, 64)}
+        "gpu9": (_GPU9_RUNS, 144, 24, 64), "gpu10": (_GPU10_RUNS, 144, 24, 64)}
 # Sets with more than one empty sample: how many.
 _EMPTY_SAMPLES = {"gpu8": 8}
 # Sets drawn from the same models, on prompts the others of the group do not use.
-_SAME_MODELS = (("gpu", "gpu2", "gpu3"), ("gpu6", "gpu7"), ("gpu8",), ("gpu9",))
+_SAME_MODELS = (("gpu", "gpu2", "gpu3"), ("gpu6", "gpu7"), ("gpu8",), ("gpu9", "gpu10"))
 
 
 def _drawn(image: np.ndarray) -> bool:
@@ -102,7 +104,8 @@ def test_fixture_integrity(name):
       assert r["label"] == "incorrect" and r.get("second_label", "incorrect") == "incorrect", r
 
 
-_TWO_LABELLERS = ("long", "gpu2", "gpu3", "gpu5", "gpu6", "gpu7", "gpu8", "gpu9")
+_TWO_LABELLERS = ("long", "gpu2", "gpu3", "gpu5", "gpu6", "gpu7", "gpu8", "gpu9",
+                  "gpu10")
 
 
 @pytest.mark.parametrize("name", _TWO_LABELLERS)

@@ -60,7 +60,7 @@ DEFAULT_FIXTURE = os.path.join(_REPO, "tests", "fixtures", "shapes_geneval_agree
 # Names `--agreement_fixture` accepts besides a path: `default` and the labelled sets after it.
 FIXTURES = {"default": DEFAULT_FIXTURE} | {
     name: f"{DEFAULT_FIXTURE}_{name}" for name in ("fresh", "long", "gpu", "gpu2", "gpu3",
-                                                 "gpu4", "gpu5", "gpu6", "gpu7", "gpu8", "gpu9")}
+                                                 "gpu4", "gpu5", "gpu6", "gpu7", "gpu8", "gpu9", "gpu10")}
 FRESH_FIXTURE = FIXTURES["fresh"]
 # Only the first fixture served design in halves; the others are scored whole (--split=all).
 UNSPLIT_FIXTURES = tuple(path for name, path in FIXTURES.items() if name != "default")

@@ -40,14 +40,16 @@ class Headline:
 
 CURRENT_RESULTS: tuple[Headline, ...] = (
     Headline("CPU default, whole pipeline (`configs/shapes_tiny.py`, the README's main command)",
-             "ShapeGenEval **0.136** (v7; v6 0.137 on the same images) over 2016 images in 12 "
-             "min 16 s (13 min 31 s with the install, on a fresh clone); on another machine "
-             "0.144 (v5, and v6 re-scored) in 18 min 55 s: training is not bit-identical across "
-             "machines (tokenizer PSNR 30.05 vs 30.19 dB), so about 0.01 is training and "
-             "sampling noise here; the run before the grain input pipeline 0.145 (v5), which v3 "
-             "scores 0.296 and v2 0.297; **0.263** (v2) in 12 min 59 s on another machine",
+             "ShapeGenEval **0.153** (v8; v7 0.152 on the same images) over 2016 images in 10 "
+             "min 27 s (11 min 32 s with the install, on a fresh clone, Intel Xeon); on two "
+             "other machines 0.136 (v7, AMD EPYC, 12 min 16 s) and 0.144 (v5 and v6, 18 min "
+             "55 s): training is not bit-identical across machines (tokenizer PSNR 30.10, 30.05 "
+             "and 30.19 dB), so about 0.02 is training and sampling noise here; the run before "
+             "the grain input pipeline 0.145 (v5), which v3 scores 0.296 and v2 0.297; "
+             "**0.263** (v2) in 12 min 59 s on another machine",
              "2 CPU cores, jax 0.10.2",
-             ("docs/runs/shapes_tiny_v7_2026-12-06.json",
+             ("docs/runs/shapes_tiny_v8_2026-12-06.json",
+              "docs/runs/shapes_tiny_v7_2026-12-06.json",
               "docs/runs/shapes_tiny_v5_2026-12-05.json",
               "docs/runs/shapes_tiny_v6_rescore_2026-12-06.json",
               "docs/runs/shapes_tiny_v5_rescore_2026-12-05.json",

@@ -346,8 +346,8 @@ class _Outline:
   robust_circle_deviation: the same for a circle, over all but the outline's
     `_ROBUST_IGNORED_DIRECTIONS` directions farthest from it.
   radius: the silhouette's equal-area radius in pixels.
-  opened_solidity: the solidity of what an opening by a disc of `protrusion_radius` equal-area
-    radii leaves of the silhouette (its largest part).
+  mask: the silhouette, upsampled by `_UPSAMPLE`, its holes filled (for `_opened_solidity`,
+    which step 5 needs only for a silhouette below its shape's solidity floor).
   outline_iou: per shape, IoU of the outline with it (moment frame, equal area, at the rotation
     of least deviation).
   """
@@ -360,7 +360,7 @@ class _Outline:
   outline_iou: dict
   robust_circle_deviation: float
   radius: float
-  opened_solidity: float
+  mask: np.ndarray = dataclasses.field(repr=False, compare=False)
 
 
 def _symmetry(cover: np.ndarray) -> tuple[float, float, float]:
@@ -391,31 +391,45 @@ def _symmetry(cover: np.ndarray) -> tuple[float, float, float]:
           float(max(m5 / _EXACT_PENTAGON_M5, m6 / _EXACT_HEXAGON_M6)))
 
 
-def _opened_solidity(mask: np.ndarray, disc_radius: float) -> float:
-  """The solidity of the largest part of `mask` after an opening by a disc of `disc_radius`
-  (pixels of the mask): protrusions narrower than the disc's diameter are gone."""
-  eroded = ndimage.distance_transform_edt(np.pad(mask, 1)) > disc_radius
-  if not eroded.any():
-    return 0.0
-  opened = ndimage.distance_transform_edt(~eroded) <= disc_radius
-  parts, num = ndimage.label(opened)
-  if num > 1:
-    opened = parts == 1 + np.argmax(np.bincount(parts.ravel())[1:])
-  edge = np.stack(np.nonzero(opened & ~ndimage.binary_erosion(opened)), 1) + 0.5
+def _largest_part(mask: np.ndarray) -> np.ndarray:
+  """The largest connected part of a boolean mask (the mask itself when it has one part)."""
+  parts, num = ndimage.label(mask)
+  return parts == 1 + np.argmax(np.bincount(parts.ravel())[1:]) if num > 1 else mask
+
+
+def _edge_pixels(mask: np.ndarray) -> np.ndarray:
+  """Centres (row, column) of the mask's pixels that touch its outside."""
+  return np.stack(np.nonzero(mask & ~ndimage.binary_erosion(mask)), 1) + 0.5
+
+
+def _solidity(mask: np.ndarray, edge: np.ndarray) -> float | None:
+  """The mask's area over its convex hull's (the hull of `edge`, its edge pixels); None when
+  they span no area."""
   try:
     hull = spatial.ConvexHull(edge)
   except spatial.QhullError:
+    return None
+  return float(mask.sum() / max(_pixels_in_hull(hull.equations, mask.shape[0]), 1))
+
+
+def _opened_solidity(mask: np.ndarray, protrusion_radius: float) -> float:
+  """The solidity of the largest part of `mask` after an opening by a disc of
+  `protrusion_radius` times its equal-area radius: protrusions narrower than the disc's
+  diameter are gone."""
+  disc_radius = protrusion_radius * np.sqrt(mask.sum() / np.pi)
+  eroded = ndimage.distance_transform_edt(np.pad(mask, 1)) > disc_radius
+  if not eroded.any():
     return 0.0
-  return float(opened.sum() / max(_pixels_in_hull(hull.equations, opened.shape[0]), 1))
+  opened = _largest_part(ndimage.distance_transform_edt(~eroded) <= disc_radius)
+  solidity = _solidity(opened, _edge_pixels(opened))
+  return 0.0 if solidity is None else solidity
 
 
-def _outline(cover: np.ndarray, protrusion_radius: float) -> _Outline | None:
-  """Shape evidence of a silhouette (coverage map, zero outside); None if it is too small.
-  `protrusion_radius`: `ScorerSettings.protrusion_radius`."""
+def _outline(cover: np.ndarray) -> _Outline | None:
+  """Shape evidence of a silhouette (coverage map, zero outside); None if it is too small."""
   up = ndimage.zoom(cover, _UPSAMPLE, order=1, grid_mode=True, mode="grid-constant") >= 0.5
   # The largest part, with its holes (background not connected to the border) filled.
-  parts, num = ndimage.label(up)
-  mask = parts == 1 + np.argmax(np.bincount(parts.ravel())[1:]) if num > 1 else up
+  mask = _largest_part(up)
   gaps, num_gaps = ndimage.label(~mask)
   if num_gaps > 1:
     border = np.unique(np.concatenate([gaps[0], gaps[-1], gaps[:, 0], gaps[:, -1]]))
@@ -430,7 +444,7 @@ def _outline(cover: np.ndarray, protrusion_radius: float) -> _Outline | None:
   eigvals, eigvecs = np.linalg.eigh(cov)
   aspect = float(np.sqrt(eigvals[1] / eigvals[0]))
   frame = eigvecs @ np.diag(eigvals ** -0.5) @ eigvecs.T * np.prod(eigvals) ** 0.25
-  edge = np.stack(np.nonzero(mask & ~ndimage.binary_erosion(mask)), 1) + 0.5
+  edge = _edge_pixels(mask)
   # The outline's radius per direction, about the centroid, in the moment frame: the largest
   # radius of the edge pixels in each direction (plus half a pixel to the edge itself).
   q = (edge - centre) @ frame.T
@@ -458,15 +472,12 @@ def _outline(cover: np.ndarray, protrusion_radius: float) -> _Outline | None:
     fit = prototypes[best]
     outline_iou[shape] = float((np.minimum(fit, profile) ** 2).sum()
                                / (np.maximum(fit, profile) ** 2).sum())
-  try:
-    hull = spatial.ConvexHull(edge)
-  except spatial.QhullError:
+  solidity = _solidity(mask, edge)
+  if solidity is None:
     return None
-  solidity = float(len(ys) / max(_pixels_in_hull(hull.equations, mask.shape[0]), 1))
   triangularity, squareness, polygonality = _symmetry(cover)
-  opened_solidity = _opened_solidity(mask, protrusion_radius * radius)
   return _Outline(triangularity, squareness, polygonality, aspect, solidity, deviation,
-                  outline_iou, robust, radius_px, opened_solidity)
+                  outline_iou, robust, radius_px, mask)
 
 
 def _name_shape(outline: _Outline, radius: float, settings: ScorerSettings) -> str | None:
@@ -516,7 +527,8 @@ def _outline_fits(outline: _Outline, shape: str, settings: ScorerSettings) -> bo
   return (_deviation(outline, shape, settings) <= getattr(settings, f"max_deviation_{shape}")
           and outline.aspect <= getattr(settings, f"max_aspect_{shape}")
           and (outline.solidity >= floor
-               or outline.opened_solidity >= max(floor, settings.min_opened_solidity)))
+               or _opened_solidity(outline.mask, settings.protrusion_radius)
+               >= max(floor, settings.min_opened_solidity)))
 
 
 def min_object_side(shape: str, height: int, width: int,
@@ -727,7 +739,7 @@ def _measure(seg: _Segmentation, index: int, window: tuple[slice, slice],
   area = float(cover.sum())
   if area < seg.min_area:
     return None
-  outline = _outline(cover, settings.protrusion_radius)
+  outline = _outline(cover)
   radius = np.sqrt(area / np.pi)
   named = _name_shape(outline, radius, settings) if outline is not None else None
   shape = named or (_nearest_shape(outline) if outline is not None else "circle")
